@@ -1,0 +1,138 @@
+"""The plug board every delivery channel implements.
+
+A channel delivers rendered messages to targets (a topic, a phone number, an address) and reports back what
+it hears (receipts, acknowledgements). It knows nothing of what the messages are about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class FailureReason(enum.StrEnum):
+    """The closed set of reasons a send can fail for; every channel maps its library's errors onto it."""
+
+    UNREACHABLE = "unreachable"
+    REJECTED = "rejected"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    AUTH = "auth"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One rendered message for one target. `key` identifies it end to end (idempotency, receipts)."""
+
+    key: str
+    target: str
+    body: bytes
+    subject: str = ""
+    html: str = ""
+    expiry_s: int | None = None
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    ok: bool
+    reason: FailureReason | None = None
+    detail: str = ""
+    permanent: bool = False
+    provider_ref: str | None = None
+
+    @classmethod
+    def accepted(cls, provider_ref: str | None = None) -> SendResult:
+        return cls(ok=True, provider_ref=provider_ref)
+
+    @classmethod
+    def failed(cls, reason: FailureReason, detail: str, *, permanent: bool = False) -> SendResult:
+        return cls(ok=False, reason=reason, detail=detail, permanent=permanent)
+
+
+class InboundKind(enum.StrEnum):
+    RECEIVED = "received"  # the far end shows the message (console displayed it, handset got it)
+    ACK = "ack"  # a person acknowledged it
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """Something a channel heard back: `ref` names the message it is about, `sender` who said it."""
+
+    channel: str
+    kind: InboundKind
+    ref: str
+    sender: str
+    by: str = ""
+
+
+class InboundSink(Protocol):
+    async def on_inbound(self, inbound: Inbound) -> None: ...
+
+    async def on_rejected_inbound(self, channel: str, sender: str, problem: str) -> None:
+        """A reply that could not be understood; `problem` names the field and what is wrong."""
+        ...
+
+
+class Channel(Protocol):
+    name: str
+    health: ChannelHealth
+
+    async def send(self, msg: Outgoing) -> SendResult: ...
+
+    async def run(self) -> None:
+        """Keep the channel's connection alive until cancelled."""
+        ...
+
+
+class HealthState(enum.StrEnum):
+    UP = "up"
+    DEGRADED = "degraded"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    channel: str
+    state: HealthState
+    since: float
+    detail: str
+
+
+@dataclass
+class ChannelHealth:
+    """Up, degraded or down, since when and why; readers can wait for a change."""
+
+    channel: str
+    state: HealthState = HealthState.DOWN
+    since: float = field(default_factory=time.time)
+    detail: str = "not connected yet"
+    _listeners: list[Callable[[HealthChange], None]] = field(default_factory=list, repr=False)
+    _up: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def is_up(self) -> bool:
+        """Up or degraded: worth sending to (a failed send will say so)."""
+        return self.state is not HealthState.DOWN
+
+    def set(self, state: HealthState, detail: str = "") -> None:
+        if state is self.state:
+            return
+        self.state, self.since, self.detail = state, time.time(), detail
+        if state is not HealthState.DOWN:
+            self._up.set()
+        else:
+            self._up.clear()
+        change = HealthChange(self.channel, state, self.since, detail)
+        for listener in self._listeners:
+            listener(change)
+
+    def on_change(self, listener: Callable[[HealthChange], None]) -> None:
+        self._listeners.append(listener)
+
+    async def wait_up(self) -> None:
+        await self._up.wait()

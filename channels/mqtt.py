@@ -1,0 +1,268 @@
+"""MQTT channel: one supervised broker connection, QoS 1 publishes confirmed by PUBACK, replies back in.
+
+MQTT v5 with a persistent session (clean_start=False plus a session expiry): while the relay reconnects, the broker
+keeps its subscriptions and queues what consoles and 112 systems publish to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from channels.base import (
+    ChannelHealth,
+    FailureReason,
+    HealthState,
+    Inbound,
+    InboundKind,
+    InboundSink,
+    Outgoing,
+    SendResult,
+)
+
+log = logging.getLogger("channels.mqtt")
+
+# Each inbound message is handled in its own task; this bounds how many are in flight at once.
+MAX_INBOUND_IN_FLIGHT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    host: str
+    port: int
+    client_id: str
+    reply_filter: str  # e.g. "uav/acks/+": the last level names the sender
+    status_topic: str  # retained "online", last will "offline"
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive_s: int = 5
+    publish_timeout_s: float = 1.0
+    subscribe_timeout_s: float = 5.0
+    session_expiry_s: int = 3600
+    reconnect_min_s: float = 0.1
+    reconnect_max_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    topic: str
+    payload: bytes
+
+
+RawHandler = Callable[[RawMessage], Awaitable[None]]
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self._low, self._high, self._attempt = low, high, 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._high, self._low * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class MqttChannel:
+    name = "mqtt"
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self._cfg = settings
+        self._sink: InboundSink | None = None
+        self._raw: dict[str, RawHandler] = {}
+        self._client: aiomqtt.Client | None = None
+        self._expiry_props: dict[int, Properties] = {}
+        self.health = ChannelHealth(self.name)
+
+    def listen(self, sink: InboundSink, subscriptions: Mapping[str, RawHandler] | None = None) -> None:
+        """Where replies go, and which other topics to take in (call before run)."""
+        self._sink = sink
+        self._raw = dict(subscriptions or {})
+
+    # ---- sending -------------------------------------------------------------------------------------
+
+    async def send(self, msg: Outgoing) -> SendResult:
+        return await self.publish(msg.target, msg.body, expiry_s=msg.expiry_s)
+
+    async def publish(
+        self, topic: str, payload: bytes | str, *, retain: bool = False, expiry_s: int | None = None
+    ) -> SendResult:
+        """Publish at QoS 1 and wait for the broker's PUBACK, at most `publish_timeout_s`."""
+        client = self._client
+        if client is None:
+            return SendResult.failed(FailureReason.UNREACHABLE, "broker not connected")
+        try:
+            async with asyncio.timeout(self._cfg.publish_timeout_s):
+                await client.publish(
+                    topic, payload, qos=1, retain=retain, properties=self._props(expiry_s), timeout=math.inf
+                )
+        except TimeoutError:
+            if self.health.state is HealthState.UP:
+                self.health.set(HealthState.DEGRADED, "no PUBACK within publish timeout")
+            return SendResult.failed(FailureReason.TIMEOUT, "no PUBACK within publish timeout")
+        except aiomqtt.MqttError as exc:
+            return SendResult.failed(FailureReason.UNREACHABLE, str(exc))
+        if self.health.state is HealthState.DEGRADED and self._client is client:
+            self.health.set(HealthState.UP, "publishing again")
+        return SendResult.accepted()
+
+    def _props(self, expiry_s: int | None) -> Properties | None:
+        if not expiry_s:
+            return None
+        props = self._expiry_props.get(expiry_s)
+        if props is None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = expiry_s
+            self._expiry_props[expiry_s] = props
+        return props
+
+    # ---- connection ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, and reconnect with capped backoff, until cancelled; on cancel say `offline` and leave."""
+        backoff = Backoff(self._cfg.reconnect_min_s, self._cfg.reconnect_max_s)
+        # One client for the whole life: reused across reconnects, paho resends unconfirmed QoS 1 publishes.
+        client = self._new_client()
+        while True:
+            try:
+                async with client:
+                    await self._on_connect(client)
+                    backoff.reset()
+                    try:
+                        await self._consume(client)
+                    finally:
+                        self._client = None
+                        if not client._disconnected.done():
+                            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                                async with asyncio.timeout(self._cfg.publish_timeout_s):
+                                    await client.publish(self._cfg.status_topic, b"offline", qos=1, retain=True)
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                self.health.set(HealthState.DOWN, str(exc) or type(exc).__name__)
+            except BaseException:
+                self._client = None
+                self.health.set(HealthState.DOWN, "channel stopped")
+                raise
+            await asyncio.sleep(backoff.next_delay())
+
+    def _new_client(self) -> aiomqtt.Client:
+        cfg = self._cfg
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_props.SessionExpiryInterval = cfg.session_expiry_s
+        tls_params = None
+        if cfg.tls:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file, cert_reqs=ssl.CERT_REQUIRED
+            )
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.client_id,
+            username=cfg.username or None,
+            password=cfg.password or None,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # the default would wipe the session on every reconnect
+            properties=connect_props,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.subscribe_timeout_s,
+            will=aiomqtt.Will(cfg.status_topic, b"offline", qos=1, retain=True),
+            tls_params=tls_params,
+            # Small QoS 1 packets must not wait for Nagle; the broker side needs set_tcp_nodelay too.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            max_inflight_messages=1000,
+        )
+        client.pending_calls_threshold = 10_000  # the default warns on every publish of a burst
+        # PUBACK for an inbound message only after it was handled (a report is on disk before the 112 system
+        # hears it was taken). aiomqtt 2.x does not expose this, paho underneath does.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        filters = [self._cfg.reply_filter, *self._raw]
+        async with asyncio.timeout(self._cfg.subscribe_timeout_s):  # aiomqtt#356: a subscribe can hang
+            await client.subscribe([(f, 1) for f in filters])
+            await client.publish(self._cfg.status_topic, b"online", qos=1, retain=True)
+        self._client = client
+        self.health.set(HealthState.UP, f"connected to {self._cfg.host}:{self._cfg.port}")
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        limit = asyncio.Semaphore(MAX_INBOUND_IN_FLIGHT)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                async for message in client.messages:
+                    await limit.acquire()
+                    tg.create_task(self._handle(client, message, limit))
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message, limit: asyncio.Semaphore) -> None:
+        try:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if message.topic.matches(self._cfg.reply_filter):
+                await self._on_reply(message.topic.value, payload)
+            else:
+                for pattern, handler in self._raw.items():
+                    if message.topic.matches(pattern):
+                        await handler(RawMessage(message.topic.value, payload))
+                        break
+        except Exception:
+            # Handlers answer bad input themselves; reaching here is a bug. Still PUBACK below: an unacked
+            # message would hold one of the broker's few in-flight slots for this client forever.
+            log.exception("inbound message handler failed", extra={"topic": message.topic.value})
+        finally:
+            limit.release()
+        if message.qos > 0:
+            client._client.ack(message.mid, message.qos)
+
+    async def _on_reply(self, topic: str, payload: bytes) -> None:
+        if self._sink is None:
+            return
+        sender = topic.rsplit("/", 1)[-1]
+        try:
+            parsed = parse_reply(payload)
+        except ValueError as exc:
+            await self._sink.on_rejected_inbound(self.name, sender, str(exc))
+            return
+        ref, kind, by = parsed
+        await self._sink.on_inbound(Inbound(self.name, kind, ref, sender, by))
+
+
+def parse_reply(payload: bytes) -> tuple[str, InboundKind, str]:
+    """`{"alert_id": <ref>, "kind": "received"|"ack", "by": <name>}` -> (ref, kind, by); ValueError names the field."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"body: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("body: must be a JSON object")
+    ref = data.get("alert_id")
+    if not isinstance(ref, str) or not 0 < len(ref) <= 64:
+        raise ValueError("alert_id: required string of 1..64 characters")
+    try:
+        kind = InboundKind(str(data.get("kind")))
+    except ValueError:
+        raise ValueError("kind: must be 'received' or 'ack'") from None
+    by = data.get("by", "")
+    if not isinstance(by, str) or len(by) > 100:
+        raise ValueError("by: must be a string of at most 100 characters")
+    return ref, kind, by

@@ -1,0 +1,93 @@
+"""Reading alerts, and acknowledging one from a desk's console."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from relay.api.access import authenticate, check_read
+from relay.api.context import CONTEXT
+from relay.api.errors import ApiError
+from relay.api.views import alert_view
+from relay.auth import Principal, Role
+from relay.engine import AckRefused
+from relay.intake import field_problems
+from relay.model import AckRequest, AlertView
+from relay.states import OPEN_ALERT_STATES, AlertState
+from relay.store.base import AlertRecord
+
+MAX_LIST = 1000
+
+
+def _shown(alert: AlertRecord, principal: Principal) -> AlertView:
+    view = alert_view(alert)
+    if principal.role is Role.DESK:  # the caller's phone and name stay with the 112 centre
+        view.report = {k: v for k, v in view.report.items() if k != "caller"}
+    return view
+
+
+def _json(view: AlertView) -> web.Response:
+    return web.json_response(text=view.model_dump_json())
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    principal = authenticate(request, ctx)
+    alert = await ctx.store.get_alert(request.match_info["alert_id"])
+    if alert is None:
+        raise ApiError(404, "not_found", "no such alert")
+    check_read(principal, alert)
+    return _json(_shown(alert, principal))
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    principal = authenticate(request, ctx)
+    state = request.query.get("state", "all")
+    states: list[AlertState] | None
+    if state == "open":
+        states = sorted(OPEN_ALERT_STATES)
+    elif state == "all":
+        states = None
+    else:
+        try:
+            states = [AlertState(state)]
+        except ValueError:
+            allowed = ", ".join(["open", "all", *(s.value for s in AlertState)])
+            raise ApiError(422, "invalid_query", [{"field": "state", "problem": f"one of {allowed}"}]) from None
+    try:
+        limit = int(request.query.get("limit", "100"))
+        if not 1 <= limit <= MAX_LIST:
+            raise ValueError
+    except ValueError:
+        raise ApiError(
+            422, "invalid_query", [{"field": "limit", "problem": f"an integer 1..{MAX_LIST}"}]
+        ) from None
+    by_role = {"operator_id": principal.id} if principal.role is Role.OPERATOR else {"desk_id": principal.id}
+    alerts = await ctx.store.list_alerts(states=states, limit=limit, **by_role)
+    body = [_shown(a, principal).model_dump(mode="json") for a in alerts]
+    return web.json_response(text=json.dumps({"alerts": body}, ensure_ascii=False))
+
+
+async def ack_alert(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    principal = authenticate(request, ctx, Role.DESK)
+    alert_id = request.match_info["alert_id"]
+    raw = await request.read()
+    try:
+        body = AckRequest.model_validate_json(raw if raw.strip() else b"{}")
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_ack", [p.model_dump() for p in field_problems(exc)]) from None
+    alert = await ctx.store.get_alert(alert_id)
+    if alert is None:
+        raise ApiError(404, "not_found", "no such alert")
+    check_read(principal, alert)
+    try:
+        await ctx.engine.acknowledge(alert_id, principal.id, "http", body.by)
+    except AckRefused as exc:
+        raise ApiError(403, "forbidden", str(exc)) from None
+    after = await ctx.store.get_alert(alert_id)
+    assert after is not None
+    return _json(_shown(after, principal))

@@ -1,0 +1,48 @@
+"""GET /api/v1/events: Server-Sent Events, one per alert state change the token may see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from relay.api.access import authenticate
+from relay.api.context import CONTEXT
+from relay.auth import Principal, Role
+from relay.events import StateEvent
+
+# Proxies cut idle streams; a comment line this often keeps it open.
+PING_S = 15
+
+
+def _visible(principal: Principal, event: StateEvent) -> bool:
+    if principal.role is Role.OPERATOR:
+        return event.operator_id == principal.id
+    return principal.id in event.desks
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    principal = authenticate(request, ctx)
+    sub = ctx.bus.subscribe()
+    try:
+        async with sse_response(request) as resp:
+            resp.ping_interval = PING_S
+            stop = asyncio.ensure_future(ctx.shutting_down.wait())
+            try:
+                while resp.is_connected() and not stop.done():
+                    nxt = asyncio.ensure_future(sub.next())
+                    await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    if not nxt.done():
+                        nxt.cancel()
+                        break
+                    event = nxt.result()
+                    if _visible(principal, event):
+                        await resp.send(json.dumps(event.to_json(), ensure_ascii=False), event="alert")
+            finally:
+                stop.cancel()
+        return resp
+    finally:
+        ctx.bus.unsubscribe(sub)

@@ -1,0 +1,132 @@
+"""Wires the relay together and runs it under one TaskGroup, until told to stop; then drains and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels.mqtt import MqttChannel, MqttSettings
+from relay.api.context import ApiContext
+from relay.api.server import HttpServer
+from relay.auth import Authenticator
+from relay.clock import Clock, SystemClock
+from relay.config import Settings
+from relay.engine import Engine
+from relay.escalation import Policy
+from relay.events import EventBus
+from relay.intake import Intake
+from relay.metrics import Metrics
+from relay.mqtt_events import MqttEventPublisher
+from relay.mqtt_intake import MqttReportIntake
+from relay.ratelimit import RateLimiter
+from relay.routing import Desk
+from relay.store.sqlite import SQLiteStore
+from relay.topics import Topics
+
+log = logging.getLogger("relay.daemon")
+
+# SIGTERM/SIGINT: in-flight sends get this long to finish; whatever is left stays queued on disk.
+DRAIN_S = 5.0
+
+
+def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
+    m = settings.mqtt
+    return MqttSettings(
+        host=m.host,
+        port=m.port,
+        client_id=m.client_id,
+        reply_filter=topics.acks_filter,
+        status_topic=topics.status(m.client_id),
+        username=m.username or None,
+        password=m.password.get_secret_value() or None,
+        tls=m.tls,
+        ca_file=str(m.ca_file) if m.ca_file else None,
+        cert_file=str(m.cert_file) if m.cert_file else None,
+        key_file=str(m.key_file) if m.key_file else None,
+        keepalive_s=m.keepalive_s,
+        publish_timeout_s=m.publish_timeout_s,
+        session_expiry_s=m.session_expiry_s,
+        reconnect_max_s=m.reconnect_max_s,
+    )
+
+
+class Relay:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.ready = asyncio.Event()
+        self.http_port: int | None = None
+        self.metrics = Metrics()
+        self.engine: Engine | None = None
+        self.store: SQLiteStore | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        topics = Topics(s.mqtt.topic_prefix)
+        store = self.store = await SQLiteStore.open(s.store.sqlite_path)
+        bus = EventBus()
+        mqtt = MqttChannel(mqtt_settings(s, topics))
+        engine = self.engine = Engine(
+            store=store,
+            desks=[Desk.from_config(d) for d in s.desks],
+            policy=Policy(
+                ack_timeout_s=s.escalation.ack_timeout_s,
+                repeat_s=s.escalation.repeat_s,
+                give_up_s=s.escalation.give_up_s,
+                retry_s=s.escalation.retry_s,
+            ),
+            clock=self.clock,
+            bus=bus,
+            metrics=self.metrics,
+            topics=topics,
+            primary=mqtt,
+        )
+        auth = Authenticator(s.operators, s.desks)
+        intake = Intake(engine, self.clock, self.metrics)
+        report_intake = MqttReportIntake(intake, mqtt, topics, auth.operator_ids)
+        mqtt.listen(engine, {topics.reports_filter: report_intake.on_report})
+        self.metrics.channel_up.labels(mqtt.name).set(0)
+        self.metrics.watch_open_alerts(lambda: engine.open_alerts)
+        self.metrics.store_up.set_function(lambda: 1 if store.last_error is None else 0)
+        http = HttpServer(
+            ApiContext(
+                public_url=s.http.public_url,
+                auth=auth,
+                limiter=RateLimiter(s.http.rate_per_s, s.http.rate_burst),
+                intake=intake,
+                engine=engine,
+                store=store,
+                bus=bus,
+                metrics=self.metrics,
+                clock=self.clock,
+                channels=[mqtt.health],
+            ),
+            s.http.host,
+            s.http.port,
+        )
+        if not s.operators or not s.desks:
+            log.warning(
+                "no operators or no desks configured: reports cannot be filed or go nowhere",
+                extra={"event": "config_empty", "operators": len(s.operators), "desks": len(s.desks)},
+            )
+
+        async with asyncio.TaskGroup() as tg:
+            store_task = tg.create_task(store.run(), name="store")
+            mqtt_task = tg.create_task(mqtt.run(), name="mqtt")
+            engine_task = tg.create_task(engine.run(), name="engine")
+            events_task = tg.create_task(MqttEventPublisher(bus, mqtt, topics, self.metrics).run(), name="events")
+            await http.start()
+            self.http_port = http.port
+            self.ready.set()
+            log.info("relay running", extra={"event": "relay_started", "port": http.port})
+            await stop.wait()
+
+            log.info("stopping: intake closed, draining sends", extra={"event": "relay_stopping"})
+            await http.stop()
+            drained = await engine.drain(DRAIN_S)
+            log.info("drained" if drained else "drain timed out: the rest stays queued on disk",
+                     extra={"event": "relay_drained", "complete": drained})
+            for task in (engine_task, events_task, mqtt_task, store_task):  # the store last: it flushes
+                task.cancel()
+                await asyncio.wait([task])
+        log.info("relay stopped", extra={"event": "relay_stopped"})

@@ -1,0 +1,51 @@
+"""The relay's Prometheus metrics, in a registry of its own (one per daemon, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# From 1 ms (a healthy MQTT hop) to 15 min (give-up): latency here spans six orders of magnitude.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.reports = Counter("relay_reports", "Reports accepted (new, not replays)", ["source"], registry=r)
+        self.reports_rejected = Counter(
+            "relay_reports_rejected", "Reports refused, by reason", ["reason"], registry=r
+        )
+        self.delivery_seconds = Histogram(
+            "relay_delivery_seconds", "Report accepted -> channel accepted the message", ["channel"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ack_seconds = Histogram(
+            "relay_ack_seconds", "Report accepted -> first human acknowledgement", ["channel"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.deliveries = Counter(
+            "relay_deliveries", "Delivery attempts by outcome (sent, delivered, or a failure reason)",
+            ["channel", "outcome"], registry=r,
+        )
+        self.failovers = Counter("relay_failovers", "Backups fired because the primary failed", ["reason"], registry=r)
+        self.channel_up = Gauge("relay_channel_up", "1 while the channel is up (degraded counts as up)", ["channel"],
+                                registry=r)
+        self.alerts_open = Gauge("relay_alerts_open", "Alerts neither acknowledged nor given up", registry=r)
+        self.unacknowledged = Counter(
+            "relay_alerts_unacknowledged", "Alerts given up without any acknowledgement", registry=r
+        )
+        self.acks_rejected = Counter(
+            "relay_acks_rejected", "Acknowledgements and receipts refused, by reason", ["channel", "reason"],
+            registry=r,
+        )
+        self.store_up = Gauge("relay_store_up", "1 while the last store commit succeeded", registry=r)
+        self.events_dropped = Counter(
+            "relay_events_dropped", "State events a slow listener missed", registry=r
+        )
+
+    def watch_open_alerts(self, count: Callable[[], int]) -> None:
+        self.alerts_open.set_function(count)

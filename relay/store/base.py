@@ -1,0 +1,184 @@
+"""What the engine needs from durable storage. SQL lives in the implementations only."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from relay.states import AlertState, DeliveryState
+
+
+class StoreUnavailable(Exception):
+    """The store could not make a change durable; nothing of that change was kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    delivery_id: str
+    alert_id: str
+    desk_id: str
+    channel: str
+    target: str
+    state: DeliveryState = DeliveryState.QUEUED
+    attempts: int = 0
+    sent_at: float | None = None
+    delivered_at: float | None = None
+    error: str | None = None
+    permanent: bool = False  # failed for good (a bad number): no repeat will help
+    attempted_at: float | None = None  # when the last attempt ended
+
+
+@dataclass(frozen=True, slots=True)
+class AckRecord:
+    alert_id: str
+    desk_id: str
+    channel: str
+    by: str
+    at: float
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    alert_id: str
+    report_id: str
+    operator_id: str
+    short_code: str
+    state: AlertState
+    priority: str
+    stale: bool
+    created_at: float
+    report: dict[str, Any]  # as submitted (validated), caller included
+    desks: tuple[str, ...]
+    deliveries: tuple[DeliveryRecord, ...] = ()
+    ack: AckRecord | None = None
+    next_action_at: float | None = None
+    backup_rounds: int = 0
+    last_backup_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    alert: AlertRecord
+    content_sha256: str  # replay with the same report_id is the same report only if this matches
+    source: str  # http | mqtt
+
+
+class AcceptOutcome(enum.StrEnum):
+    CREATED = "created"
+    REPLAY = "replay"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    outcome: AcceptOutcome
+    alert: AlertRecord
+
+
+class AttemptOutcome(enum.StrEnum):
+    SENT = "sent"
+    RETRY = "retry"  # transient failure: back to queued
+    FAILED = "failed"  # permanent failure
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    first: bool  # False: a later ack, recorded as a duplicate
+    alert: AlertRecord  # after the ack
+    was_open: bool = False  # it closed an open alert (not one already given up)
+    cancelled: int = 0  # queued sends stopped by it
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptResult:
+    alert: AlertRecord
+    newly_delivered: bool  # this receipt moved the alert from pending to delivered
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    alert_id: str
+    at: float
+    kind: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The escalation timers of one alert, as stored due times."""
+
+    next_action_at: float | None
+    backup_rounds: int
+    last_backup_at: float | None
+
+
+class Store(Protocol):
+    async def run(self) -> None:
+        """The writer: commits queued changes in batches until cancelled, then flushes and closes."""
+        ...
+
+    async def accept(self, new: NewAlert) -> Accepted:
+        """Store a new alert (report, deliveries, routing, history) durably; or find its replay or conflict."""
+        ...
+
+    async def get_alert(self, alert_id: str) -> AlertRecord | None: ...
+
+    async def list_alerts(
+        self,
+        *,
+        states: Sequence[AlertState] | None,
+        limit: int,
+        operator_id: str | None = None,
+        desk_id: str | None = None,
+    ) -> list[AlertRecord]:
+        """Newest first by acceptance order."""
+        ...
+
+    async def finish_attempt(
+        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None
+    ) -> DeliveryRecord | None:
+        """Record how a send went; None when the delivery was cancelled or is unknown."""
+        ...
+
+    async def start_attempt(self, delivery_id: str, at: float) -> DeliveryRecord | None:
+        """Mark a delivery as being sent (the outbox step before a send); None if the alert is closed."""
+        ...
+
+    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> None: ...
+
+    async def mark_delivered(
+        self, alert_id: str, desk_id: str, channel: str, at: float
+    ) -> ReceiptResult | None:
+        """A receipt: that desk's deliveries on that channel are delivered. None: no such delivery."""
+        ...
+
+    async def record_ack(self, ack: AckRecord) -> AckResult | None:
+        """First ack closes the alert and cancels queued sends; later ones are kept as duplicates."""
+        ...
+
+    async def save_schedule(self, alert_id: str, schedule: Schedule) -> None: ...
+
+    async def give_up(self, alert_id: str, at: float) -> AlertRecord | None:
+        """Make an open alert `unacknowledged` and stop its sends; None if it was not open."""
+        ...
+
+    async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]: ...
+
+    async def next_due_at(self) -> float | None: ...
+
+    async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
+        """Open alerts that still have a delivery on `channel` that never reached it."""
+        ...
+
+    async def add_event(self, event: EventRecord) -> None: ...
+
+    async def events(self, alert_id: str) -> list[EventRecord]: ...
+
+    async def count_open(self) -> int: ...
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailable unless a change can be committed now."""
+        ...

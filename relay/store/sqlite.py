@@ -1,0 +1,585 @@
+"""The SQLite store: WAL, fsync on every commit, one writer that batches whatever is queued into one commit.
+
+A burst of reports costs a few fsyncs, not one each. Writes run on one dedicated thread; reads are short
+indexed queries on their own connection on the event loop's thread (WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from relay import short_code
+from relay.states import (
+    OPEN_ALERT_STATES,
+    AlertState,
+    DeliveryState,
+    alert_may,
+    check_delivery,
+    delivery_may,
+)
+from relay.store.base import (
+    Accepted,
+    AcceptOutcome,
+    AckRecord,
+    AckResult,
+    AlertRecord,
+    AttemptOutcome,
+    DeliveryRecord,
+    EventRecord,
+    NewAlert,
+    ReceiptResult,
+    Schedule,
+    StoreUnavailable,
+)
+from relay.store.sqlite_schema import migrate
+
+log = logging.getLogger("relay.store")
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+MAX_BATCH = 2000
+_OPEN_SQL = "('pending', 'delivered')"
+_ALERT_COLS = (
+    "alert_id, report_id, operator_id, short_code, state, priority, stale, created_at, report_json, "
+    "desks_json, next_action_at, backup_rounds, last_backup_at"
+)
+_DELIVERY_COLS = (
+    "delivery_id, alert_id, desk_id, channel, target, state, attempts, sent_at, delivered_at, error, permanent, "
+    "attempted_at"
+)
+_ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s"
+
+
+class SQLiteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._closed = False
+        self.commits = 0  # how many fsync'd commits so far (batching shows as commits << writes)
+        self.last_error: str | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteStore:
+        store = cls(path)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(store._executor, store._open_writer)
+        store._reader = _connect(path, readonly=True)
+        return store
+
+    def _open_writer(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self._path, readonly=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: accepted means on disk
+        migrate(conn)
+        self._writer = conn
+
+    # ---- the writer ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < MAX_BATCH and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._commit(batch)
+        except asyncio.CancelledError:
+            self._closed = True
+            while not self._queue.empty():  # what was queued before the stop is still committed
+                batch = []
+                while not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._commit(batch)
+            raise
+        finally:
+            self._closed = True
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_connections)
+            self._executor.shutdown(wait=False)
+
+    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, self._run_batch, [op for op, _ in batch])
+        try:
+            results = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            results = await work  # the thread commits regardless: hand out its results, then stop
+            _settle(batch, results)
+            raise
+        _settle(batch, results)
+
+    def _run_batch(self, ops: list[Op]) -> list[Any]:
+        conn = self._writer
+        if conn is None:
+            return [StoreUnavailable("store is closed")] * len(ops)
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append(op(conn))
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bad op spoils only itself, not the batch
+                    conn.execute("ROLLBACK TO op")
+                    results.append(exc)
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("rollback failed after a failed commit")
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("store commit failed", extra={"event": "store_failed", "error": self.last_error})
+            return [StoreUnavailable(f"cannot write to the store: {exc}")] * len(ops)
+        self.commits += 1
+        self.last_error = None
+        return results
+
+    def _close_connections(self) -> None:
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                conn.close()
+        self._writer = self._reader = None
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, fut))
+        return await fut
+
+    def _read(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("store is closed")
+        return self._reader
+
+    # ---- alerts --------------------------------------------------------------------------------------
+
+    async def accept(self, new: NewAlert) -> Accepted:
+        return await self._write(functools.partial(_op_accept, new=new))
+
+    async def get_alert(self, alert_id: str) -> AlertRecord | None:
+        try:
+            return _read_alert(self._read(), alert_id)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def list_alerts(
+        self,
+        *,
+        states: Sequence[AlertState] | None,
+        limit: int,
+        operator_id: str | None = None,
+        desk_id: str | None = None,
+    ) -> list[AlertRecord]:
+        where: list[str] = []
+        args: list[object] = []
+        src = "alerts a"
+        if desk_id is not None:
+            src = "alert_desks d JOIN alerts a ON a.seq = d.alert_seq"
+            where.append("d.desk_id = ?")
+            args.append(desk_id)
+        if operator_id is not None:
+            where.append("a.operator_id = ?")
+            args.append(operator_id)
+        if states is not None:
+            where.append(f"a.state IN ({','.join('?' * len(states))})")
+            args.extend(s.value for s in states)
+        cols = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
+        sql = f"SELECT {cols} FROM {src}"  # noqa: S608 - only fixed fragments, values are bound
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY a.seq DESC LIMIT ?"
+        args.append(limit)
+        try:
+            conn = self._read()
+            return _hydrate(conn, conn.execute(sql, args).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]:
+        conn = self._read()
+        rows = conn.execute(
+            f"SELECT {_ALERT_COLS} FROM alerts WHERE next_action_at <= ? AND state IN {_OPEN_SQL} "  # noqa: S608
+            "ORDER BY next_action_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return _hydrate(conn, rows)
+
+    async def next_due_at(self) -> float | None:
+        row = self._read().execute(
+            "SELECT min(next_action_at) FROM alerts WHERE next_action_at IS NOT NULL"
+        ).fetchone()
+        return None if row is None else row[0]
+
+    async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
+        conn = self._read()
+        rows = conn.execute(
+            f"SELECT {_ALERT_COLS} FROM alerts WHERE state IN {_OPEN_SQL} AND alert_id IN "  # noqa: S608
+            "(SELECT alert_id FROM deliveries WHERE state = 'queued' AND channel = ?) ORDER BY seq LIMIT ?",
+            (channel, limit),
+        ).fetchall()
+        return _hydrate(conn, rows)
+
+    async def count_open(self) -> int:
+        row = self._read().execute(f"SELECT count(*) FROM alerts WHERE state IN {_OPEN_SQL}").fetchone()  # noqa: S608
+        return int(row[0])
+
+    async def save_schedule(self, alert_id: str, schedule: Schedule) -> None:
+        await self._write(functools.partial(_op_save_schedule, alert_id=alert_id, schedule=schedule))
+
+    async def give_up(self, alert_id: str, at: float) -> AlertRecord | None:
+        return await self._write(functools.partial(_op_give_up, alert_id=alert_id, at=at))
+
+    # ---- deliveries and acks -------------------------------------------------------------------------
+
+    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> None:
+        await self._write(functools.partial(_op_add_deliveries, deliveries=list(deliveries), at=time.time()))
+
+    async def start_attempt(self, delivery_id: str, at: float) -> DeliveryRecord | None:
+        return await self._write(functools.partial(_op_start_attempt, delivery_id=delivery_id, at=at))
+
+    async def finish_attempt(
+        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None
+    ) -> DeliveryRecord | None:
+        return await self._write(
+            functools.partial(_op_finish_attempt, delivery_id=delivery_id, outcome=outcome, at=at, error=error)
+        )
+
+    async def mark_delivered(self, alert_id: str, desk_id: str, channel: str, at: float) -> ReceiptResult | None:
+        return await self._write(
+            functools.partial(_op_mark_delivered, alert_id=alert_id, desk_id=desk_id, channel=channel, at=at)
+        )
+
+    async def record_ack(self, ack: AckRecord) -> AckResult | None:
+        return await self._write(functools.partial(_op_record_ack, ack=ack))
+
+    # ---- history and health --------------------------------------------------------------------------
+
+    async def add_event(self, event: EventRecord) -> None:
+        await self._write(functools.partial(_insert_event, event=event))
+
+    async def events(self, alert_id: str) -> list[EventRecord]:
+        rows = self._read().execute(
+            "SELECT alert_id, at, kind, detail_json FROM events WHERE alert_id = ? ORDER BY id", (alert_id,)
+        ).fetchall()
+        return [EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def check_writable(self) -> None:
+        await self._write(_op_heartbeat)
+
+
+# ---- operations run inside the writer's transaction ---------------------------------------------------
+
+
+def _op_accept(conn: sqlite3.Connection, new: NewAlert) -> Accepted:
+    a = new.alert
+    row = conn.execute(
+        "SELECT content_sha256, alert_id FROM alerts WHERE operator_id = ? AND report_id = ?",
+        (a.operator_id, a.report_id),
+    ).fetchone()
+    if row is not None:
+        existing = _read_alert(conn, row[1])
+        assert existing is not None
+        outcome = AcceptOutcome.REPLAY if row[0] == new.content_sha256 else AcceptOutcome.CONFLICT
+        return Accepted(outcome, existing)
+    code = _free_short_code(conn, a.short_code)
+    cur = conn.execute(
+        "INSERT INTO alerts (alert_id, operator_id, report_id, content_sha256, report_json, desks_json, "
+        "short_code, priority, stale, state, source, created_at, next_action_at, backup_rounds, last_backup_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            a.alert_id, a.operator_id, a.report_id, new.content_sha256,
+            json.dumps(a.report, ensure_ascii=False, separators=(",", ":")), json.dumps(a.desks),
+            code, a.priority, int(a.stale), a.state.value, new.source, a.created_at, a.next_action_at,
+            a.backup_rounds, a.last_backup_at,
+        ),
+    )
+    seq = cur.lastrowid
+    conn.executemany(
+        "INSERT INTO alert_desks (desk_id, alert_seq, alert_id) VALUES (?, ?, ?)",
+        [(desk, seq, a.alert_id) for desk in a.desks],
+    )
+    _op_add_deliveries(conn, a.deliveries, a.created_at)
+    _insert_event(conn, EventRecord(a.alert_id, a.created_at, "accepted", {"source": new.source}))
+    return Accepted(AcceptOutcome.CREATED, replace(a, short_code=code))
+
+
+def _free_short_code(conn: sqlite3.Connection, wanted: str) -> str:
+    """`wanted`, or another code not held by any open alert (longer codes once the short ones get crowded)."""
+    code = wanted
+    for attempt in range(60):
+        taken = conn.execute(
+            f"SELECT 1 FROM alerts WHERE short_code = ? AND state IN {_OPEN_SQL}", (code,)  # noqa: S608
+        ).fetchone()
+        if taken is None:
+            return code
+        code = short_code.new_code(min(short_code.MAX_LENGTH, short_code.MIN_LENGTH + attempt // 20))
+    raise RuntimeError("no free short code found")
+
+
+def _op_add_deliveries(conn: sqlite3.Connection, deliveries: Iterable[DeliveryRecord], at: float) -> None:
+    conn.executemany(
+        f"INSERT INTO deliveries ({_DELIVERY_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        [
+            (d.delivery_id, d.alert_id, d.desk_id, d.channel, d.target, d.state.value, d.attempts,
+             d.sent_at, d.delivered_at, d.error, int(d.permanent), d.attempted_at, at)
+            for d in deliveries
+        ],
+    )
+
+
+def _delivery_and_alert_state(
+    conn: sqlite3.Connection, delivery_id: str
+) -> tuple[DeliveryRecord, AlertState] | None:
+    row = conn.execute(
+        f"SELECT {', '.join('d.' + c.strip() for c in _DELIVERY_COLS.split(','))}, a.state "  # noqa: S608
+        "FROM deliveries d JOIN alerts a ON a.alert_id = d.alert_id WHERE d.delivery_id = ?",
+        (delivery_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return _delivery(row[:-1]), AlertState(row[-1])
+
+
+def _update_delivery(conn: sqlite3.Connection, d: DeliveryRecord, at: float) -> DeliveryRecord:
+    conn.execute(
+        "UPDATE deliveries SET state = ?, attempts = ?, sent_at = ?, delivered_at = ?, error = ?, permanent = ?, "
+        "attempted_at = ?, updated_at = ? WHERE delivery_id = ?",
+        (d.state.value, d.attempts, d.sent_at, d.delivered_at, d.error, int(d.permanent), d.attempted_at, at,
+         d.delivery_id),
+    )
+    return d
+
+
+def _op_start_attempt(conn: sqlite3.Connection, delivery_id: str, at: float) -> DeliveryRecord | None:
+    found = _delivery_and_alert_state(conn, delivery_id)
+    if found is None:
+        return None
+    d, alert_state = found
+    if alert_state not in OPEN_ALERT_STATES:
+        if d.state is DeliveryState.QUEUED:
+            _update_delivery(conn, replace(d, state=DeliveryState.CANCELLED), at)
+        return None
+    if not delivery_may(d.state, DeliveryState.SENDING):
+        return None
+    return _update_delivery(conn, replace(d, state=DeliveryState.SENDING, attempts=d.attempts + 1), at)
+
+
+def _op_finish_attempt(
+    conn: sqlite3.Connection, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None
+) -> DeliveryRecord | None:
+    found = _delivery_and_alert_state(conn, delivery_id)
+    if found is None:
+        return None
+    d, alert_state = found
+    if d.state is DeliveryState.QUEUED:  # sent straight from the outbox row, without a separate SENDING commit
+        check_delivery(d.state, DeliveryState.SENDING)
+        d = replace(d, state=DeliveryState.SENDING, attempts=d.attempts + 1)
+    elif d.state is not DeliveryState.SENDING:
+        return None
+    d = replace(d, attempted_at=at)
+    if outcome is AttemptOutcome.SENT:
+        new = replace(d, state=DeliveryState.SENT, sent_at=at, error=None)
+    elif outcome is AttemptOutcome.FAILED:
+        new = replace(d, state=DeliveryState.FAILED, error=error, permanent=True)
+    elif alert_state in OPEN_ALERT_STATES:
+        new = replace(d, state=DeliveryState.QUEUED, error=error)
+    else:
+        new = replace(d, state=DeliveryState.CANCELLED, error=error)
+    check_delivery(d.state, new.state)
+    return _update_delivery(conn, new, at)
+
+
+# A receipt proves the message got there, even where our own record of sending it was lost (a publish
+# that timed out here but reached the broker after all): walk the rest of the way forward.
+_PATH_TO_DELIVERED: dict[DeliveryState, tuple[DeliveryState, ...]] = {
+    DeliveryState.QUEUED: (DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.DELIVERED),
+    DeliveryState.SENDING: (DeliveryState.SENT, DeliveryState.DELIVERED),
+    DeliveryState.SENT: (DeliveryState.DELIVERED,),
+    DeliveryState.FAILED: (DeliveryState.DELIVERED,),
+}
+
+
+def _op_mark_delivered(
+    conn: sqlite3.Connection, alert_id: str, desk_id: str, channel: str, at: float
+) -> ReceiptResult | None:
+    rows = conn.execute(
+        f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND desk_id = ? AND channel = ?",  # noqa: S608
+        (alert_id, desk_id, channel),
+    ).fetchall()
+    if not rows:
+        return None
+    for row in rows:
+        d = _delivery(row)
+        path = _PATH_TO_DELIVERED.get(d.state, ())
+        if not path:
+            continue
+        for step in path:
+            check_delivery(d.state, step)
+            d = replace(d, state=step, attempts=d.attempts + (step is DeliveryState.SENDING))
+        _update_delivery(conn, replace(d, sent_at=d.sent_at or at, delivered_at=at, error=None), at)
+    alert = _read_alert(conn, alert_id, full=False)
+    assert alert is not None
+    if not alert_may(alert.state, AlertState.DELIVERED):
+        return ReceiptResult(alert, newly_delivered=False)
+    conn.execute("UPDATE alerts SET state = 'delivered' WHERE alert_id = ?", (alert_id,))
+    _insert_event(conn, EventRecord(alert_id, at, "delivered", {"desk_id": desk_id, "channel": channel}))
+    return ReceiptResult(replace(alert, state=AlertState.DELIVERED), newly_delivered=True)
+
+
+def _op_record_ack(conn: sqlite3.Connection, ack: AckRecord) -> AckResult | None:
+    alert = _read_alert(conn, ack.alert_id, full=False)
+    if alert is None:
+        return None
+    first = alert.ack is None
+    conn.execute(
+        "INSERT INTO acks (alert_id, desk_id, channel, by, at, latency_s, first) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (ack.alert_id, ack.desk_id, ack.channel, ack.by, ack.at, ack.latency_s, int(first)),
+    )
+    detail = {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by}
+    if not first:
+        _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", detail))
+        return AckResult(first=False, alert=alert)
+    if not alert_may(alert.state, AlertState.ACKNOWLEDGED):
+        raise RuntimeError(f"alert {alert.alert_id} in state {alert.state} cannot be acknowledged")
+    conn.execute(
+        "UPDATE alerts SET state = 'acknowledged', closed_at = ?, next_action_at = NULL WHERE alert_id = ?",
+        (ack.at, ack.alert_id),
+    )
+    cancelled = _cancel_queued(conn, ack.alert_id, ack.at)
+    _insert_event(conn, EventRecord(ack.alert_id, ack.at, "acknowledged", {**detail, "cancelled": cancelled}))
+    return AckResult(
+        first=True, alert=replace(alert, state=AlertState.ACKNOWLEDGED, ack=ack, next_action_at=None),
+        was_open=alert.state in OPEN_ALERT_STATES, cancelled=cancelled,
+    )
+
+
+def _cancel_queued(conn: sqlite3.Connection, alert_id: str, at: float) -> int:
+    # Every queued delivery may go to CANCELLED (states.DELIVERY_TRANSITIONS): no per-row check needed.
+    check_delivery(DeliveryState.QUEUED, DeliveryState.CANCELLED)
+    cur = conn.execute(
+        "UPDATE deliveries SET state = 'cancelled', updated_at = ? WHERE alert_id = ? AND state = 'queued'",
+        (at, alert_id),
+    )
+    return cur.rowcount
+
+
+def _op_save_schedule(conn: sqlite3.Connection, alert_id: str, schedule: Schedule) -> None:
+    conn.execute(
+        f"UPDATE alerts SET next_action_at = ?, backup_rounds = ?, last_backup_at = ? "  # noqa: S608
+        f"WHERE alert_id = ? AND state IN {_OPEN_SQL}",
+        (schedule.next_action_at, schedule.backup_rounds, schedule.last_backup_at, alert_id),
+    )
+
+
+def _op_give_up(conn: sqlite3.Connection, alert_id: str, at: float) -> AlertRecord | None:
+    alert = _read_alert(conn, alert_id, full=False)
+    if alert is None or not alert_may(alert.state, AlertState.UNACKNOWLEDGED):
+        return None
+    conn.execute(
+        "UPDATE alerts SET state = 'unacknowledged', closed_at = ?, next_action_at = NULL WHERE alert_id = ?",
+        (at, alert_id),
+    )
+    cancelled = _cancel_queued(conn, alert_id, at)
+    _insert_event(conn, EventRecord(alert_id, at, "unacknowledged", {"cancelled": cancelled}))
+    return replace(alert, state=AlertState.UNACKNOWLEDGED, next_action_at=None)
+
+
+def _insert_event(conn: sqlite3.Connection, event: EventRecord) -> None:
+    conn.execute(
+        "INSERT INTO events (alert_id, at, kind, detail_json) VALUES (?, ?, ?, ?)",
+        (event.alert_id, event.at, event.kind, json.dumps(event.detail, ensure_ascii=False)),
+    )
+
+
+def _op_heartbeat(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE heartbeat SET at = ? WHERE id = 1", (time.time(),))
+
+
+# ---- reading rows into records ------------------------------------------------------------------------
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    if readonly:
+        conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+def _delivery(row: Sequence[Any]) -> DeliveryRecord:
+    return DeliveryRecord(
+        delivery_id=row[0], alert_id=row[1], desk_id=row[2], channel=row[3], target=row[4],
+        state=DeliveryState(row[5]), attempts=row[6], sent_at=row[7], delivered_at=row[8], error=row[9],
+        permanent=bool(row[10]), attempted_at=row[11],
+    )
+
+
+def _read_alert(conn: sqlite3.Connection, alert_id: str, *, full: bool = True) -> AlertRecord | None:
+    row = conn.execute(f"SELECT {_ALERT_COLS} FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()  # noqa: S608
+    if row is None:
+        return None
+    if not full:
+        ack = conn.execute(
+            f"SELECT {_ACK_COLS} FROM acks WHERE alert_id = ? AND first = 1", (alert_id,)  # noqa: S608
+        ).fetchone()
+        return _alert(row, (), AckRecord(*ack) if ack else None)
+    return _hydrate(conn, [row])[0]
+
+
+def _hydrate(conn: sqlite3.Connection, rows: list[Any]) -> list[AlertRecord]:
+    if not rows:
+        return []
+    ids = [r[0] for r in rows]
+    marks = ",".join("?" * len(ids))
+    deliveries: dict[str, list[DeliveryRecord]] = {i: [] for i in ids}
+    for d in conn.execute(
+        f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id IN ({marks}) "  # noqa: S608
+        "ORDER BY desk_id, channel, target",
+        ids,
+    ):
+        deliveries[d[1]].append(_delivery(d))
+    acks = {
+        a[0]: AckRecord(*a)
+        for a in conn.execute(
+            f"SELECT {_ACK_COLS} FROM acks WHERE alert_id IN ({marks}) AND first = 1", ids  # noqa: S608
+        )
+    }
+    return [_alert(r, tuple(deliveries[r[0]]), acks.get(r[0])) for r in rows]
+
+
+def _alert(row: Sequence[Any], deliveries: tuple[DeliveryRecord, ...], ack: AckRecord | None) -> AlertRecord:
+    return AlertRecord(
+        alert_id=row[0], report_id=row[1], operator_id=row[2], short_code=row[3], state=AlertState(row[4]),
+        priority=row[5], stale=bool(row[6]), created_at=row[7], report=json.loads(row[8]),
+        desks=tuple(json.loads(row[9])), deliveries=deliveries, ack=ack, next_action_at=row[10],
+        backup_rounds=row[11], last_backup_at=row[12],
+    )
+
+
+def _settle(batch: list[tuple[Op, asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, fut), result in zip(batch, results, strict=True):
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)

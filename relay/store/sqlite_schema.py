@@ -1,0 +1,108 @@
+"""SQLite schema, as forward migrations. Append a step; never edit one that has shipped."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the spine
+    """
+    CREATE TABLE alerts (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        alert_id        TEXT NOT NULL UNIQUE,
+        operator_id     TEXT NOT NULL,
+        report_id       TEXT NOT NULL,
+        content_sha256  TEXT NOT NULL,
+        report_json     TEXT NOT NULL,
+        desks_json      TEXT NOT NULL,
+        short_code      TEXT NOT NULL,
+        priority        TEXT NOT NULL,
+        stale           INTEGER NOT NULL,
+        state           TEXT NOT NULL,
+        source          TEXT NOT NULL,
+        created_at      REAL NOT NULL,
+        next_action_at  REAL,
+        backup_rounds   INTEGER NOT NULL DEFAULT 0,
+        last_backup_at  REAL,
+        closed_at       REAL,
+        UNIQUE (operator_id, report_id)
+    );
+    CREATE UNIQUE INDEX alerts_open_short_code ON alerts (short_code)
+        WHERE state IN ('pending', 'delivered');
+    CREATE INDEX alerts_due ON alerts (next_action_at) WHERE next_action_at IS NOT NULL;
+    CREATE INDEX alerts_state ON alerts (state, seq);
+    CREATE INDEX alerts_operator ON alerts (operator_id, seq);
+
+    CREATE TABLE alert_desks (
+        desk_id   TEXT NOT NULL,
+        alert_seq INTEGER NOT NULL,
+        alert_id  TEXT NOT NULL,
+        PRIMARY KEY (desk_id, alert_seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE deliveries (
+        delivery_id  TEXT PRIMARY KEY,
+        alert_id     TEXT NOT NULL,
+        desk_id      TEXT NOT NULL,
+        channel      TEXT NOT NULL,
+        target       TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        sent_at      REAL,
+        delivered_at REAL,
+        error        TEXT,
+        permanent    INTEGER NOT NULL DEFAULT 0,
+        attempted_at REAL,
+        updated_at   REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_alert ON deliveries (alert_id);
+    CREATE INDEX deliveries_queued ON deliveries (channel, alert_id) WHERE state = 'queued';
+
+    CREATE TABLE acks (
+        id        INTEGER PRIMARY KEY,
+        alert_id  TEXT NOT NULL,
+        desk_id   TEXT NOT NULL,
+        channel   TEXT NOT NULL,
+        by        TEXT NOT NULL,
+        at        REAL NOT NULL,
+        latency_s REAL NOT NULL,
+        first     INTEGER NOT NULL
+    );
+    CREATE INDEX acks_alert ON acks (alert_id, id);
+
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY,
+        alert_id    TEXT NOT NULL,
+        at          REAL NOT NULL,
+        kind        TEXT NOT NULL,
+        detail_json TEXT NOT NULL
+    );
+    CREATE INDEX events_alert ON events (alert_id, id);
+
+    CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
+    INSERT INTO heartbeat VALUES (1, 0);
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the version now in place."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {current} is newer than this relay knows ({len(MIGRATIONS)})"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
