@@ -16,6 +16,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -113,8 +114,11 @@ class MqttChannel:
             return SendResult.failed(FailureReason.UNREACHABLE, "broker not connected")
         try:
             async with asyncio.timeout(self._cfg.publish_timeout_s):
-                await client.publish(
-                    topic, payload, qos=1, retain=retain, properties=self._props(expiry_s), timeout=math.inf
+                await _unless_disconnected(
+                    client,
+                    client.publish(
+                        topic, payload, qos=1, retain=retain, properties=self._props(expiry_s), timeout=math.inf
+                    ),
                 )
         except TimeoutError:
             if self.health.state is HealthState.UP:
@@ -199,9 +203,14 @@ class MqttChannel:
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         filters = [self._cfg.reply_filter, *self._raw]
-        async with asyncio.timeout(self._cfg.subscribe_timeout_s):  # aiomqtt#356: a subscribe can hang
-            await client.subscribe([(f, 1) for f in filters])
-            await client.publish(self._cfg.status_topic, b"online", qos=1, retain=True)
+        try:
+            async with asyncio.timeout(self._cfg.subscribe_timeout_s):  # aiomqtt#356: a subscribe can hang
+                await _unless_disconnected(client, client.subscribe([(f, 1) for f in filters], timeout=math.inf))
+                await _unless_disconnected(
+                    client, client.publish(self._cfg.status_topic, b"online", qos=1, retain=True, timeout=math.inf)
+                )
+        except TimeoutError:
+            raise aiomqtt.MqttError("no SUBACK/PUBACK from the broker after connecting") from None
         self._client = client
         self.health.set(HealthState.UP, f"connected to {self._cfg.host}:{self._cfg.port}")
 
@@ -245,6 +254,27 @@ class MqttChannel:
             return
         ref, kind, by = parsed
         await self._sink.on_inbound(Inbound(self.name, kind, ref, sender, by))
+
+
+async def _unless_disconnected(client: aiomqtt.Client, call: Awaitable[object]) -> None:
+    """Await `call`, but fail at once if the connection drops meanwhile.
+
+    aiomqtt 2.x leaves a subscribe or publish waiting for its ack after the connection died; only the message
+    iterator watches for the disconnect. Waiting for a timeout instead would delay the failover.
+    """
+    disconnected = client._disconnected  # the future aiomqtt itself resolves on disconnect
+    task: asyncio.Future[object] = asyncio.ensure_future(call)
+    waiters: set[asyncio.Future[Any]] = {task, disconnected}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        task.result()
+        return
+    exc = disconnected.exception() if disconnected.done() else None
+    raise aiomqtt.MqttError("connection lost while waiting for the broker's ack") from exc
 
 
 def parse_reply(payload: bytes) -> tuple[str, InboundKind, str]:

@@ -12,6 +12,7 @@ from relay.api.context import CONTEXT
 from relay.api.errors import ApiError
 from relay.api.views import alert_view
 from relay.auth import Principal, Role
+from relay.clock import to_datetime
 from relay.engine import AckRefused
 from relay.intake import field_problems
 from relay.model import AckRequest, AlertView
@@ -91,3 +92,18 @@ async def ack_alert(request: web.Request) -> web.Response:
     after = await ctx.store.get_alert(alert_id)
     assert after is not None
     return _json(_shown(after, principal))
+
+
+async def alert_history(request: web.Request) -> web.Response:
+    """Everything that happened to one alert, oldest first: accepted, delivered, acks (also duplicate ones)."""
+    ctx = request.app[CONTEXT]
+    principal = authenticate(request, ctx)
+    alert = await ctx.store.get_alert(request.match_info["alert_id"])
+    if alert is None:
+        raise ApiError(404, "not_found", "no such alert")
+    check_read(principal, alert)
+    events = [
+        {"at": to_datetime(e.at).isoformat(), "kind": e.kind, "detail": e.detail}
+        for e in await ctx.store.events(alert.alert_id)
+    ]
+    return web.json_response(text=json.dumps({"alert_id": alert.alert_id, "events": events}, ensure_ascii=False))

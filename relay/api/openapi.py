@@ -87,6 +87,11 @@ def build_openapi(public_url: str) -> dict[str, Any]:
                     **_errors(401, 403, 404, 422),
                 },
             }},
+            "/api/v1/alerts/{alert_id}/history": {"get": {
+                "summary": "What happened to one alert, oldest first (accepted, delivered, acks, duplicates)",
+                "security": secured, "parameters": [alert_id],
+                "responses": {"200": {"description": "events"}, **_errors(401, 403, 404)},
+            }},
             "/api/v1/events": {"get": {
                 "summary": "Server-Sent Events: alert state changes (data: EventView JSON)", "security": secured,
                 "responses": {"200": {"description": "event stream",

@@ -27,6 +27,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         web.get("/api/v1/alerts", alerts.list_alerts),
         web.get("/api/v1/alerts/{alert_id}", alerts.get_alert),
         web.post("/api/v1/alerts/{alert_id}/ack", alerts.ack_alert),
+        web.get("/api/v1/alerts/{alert_id}/history", alerts.alert_history),
         web.get("/api/v1/events", stream.events),
         web.get("/api/v1/openapi.json", openapi),
         web.get("/healthz", ops.healthz),

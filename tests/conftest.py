@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Mosquitto
+from tests.support.relay import RunningRelay, running_relay, settings_dict
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's RELAY_* variables must not leak into a test's config."""
+    for key in list(os.environ):
+        if key.startswith("RELAY_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = Mosquitto(workdir)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+@pytest.fixture
+async def relay(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[RunningRelay]:
+    async with running_relay(settings_dict(broker.port, tmp_path / "data")) as r:
+        yield r
