@@ -129,12 +129,17 @@ class HasToken(Section):
     token: SecretStr | None = None
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("at least 16 characters")
+        return v
+
     @model_validator(mode="after")
     def _one_token(self) -> Self:
         if (self.token is None) == (self.token_sha256 is None):
             raise ValueError("give exactly one of token or token_sha256")
-        if self.token is not None and len(self.token.get_secret_value()) < 16:
-            raise ValueError("token: at least 16 characters")
         return self
 
     @property

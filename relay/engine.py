@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -82,6 +83,7 @@ class Engine:
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._in_flight: set[str] = set()  # delivery ids queued or being sent right now
         self._poke = asyncio.Event()
+        self._wake_at = math.inf  # when the scheduler will look next, unless poked
         self._primary_back = True  # at start, look for deliveries a previous run left unsent
         self.open_alerts = 0
         primary.health.on_change(self._on_primary_health)
@@ -129,6 +131,7 @@ class Engine:
                        "short_code": alert.short_code, "priority": alert.priority, "stale": alert.stale},
             )
             self._bus.publish(StateEvent.of(alert, now))
+            self._due(alert.next_action_at)
             self._act(alert, first.actions)
         return accepted
 
@@ -236,12 +239,14 @@ class Engine:
         """Wakes at the earliest stored due time (or when poked) and follows each due alert's plan."""
         while True:
             self._poke.clear()
+            self._wake_at = math.inf  # while it runs, any newly stored due time pokes it again
             try:
                 await self._run_due()
                 next_at = await self._store.next_due_at()
             except StoreUnavailable as exc:
                 log.error("scheduler cannot read the store", extra={"event": "scheduler_store", "error": str(exc)})
                 next_at = self._clock.now() + 1
+            self._wake_at = math.inf if next_at is None else next_at
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._poke.wait())]
             if next_at is not None:
                 waits.append(asyncio.ensure_future(self._clock.sleep_until(next_at)))
@@ -250,6 +255,12 @@ class Engine:
             finally:
                 for w in waits:
                     w.cancel()
+
+    def _due(self, at: float | None) -> None:
+        """A due time was stored: wake the scheduler if it would otherwise sleep past it."""
+        if at is not None and at < self._wake_at:
+            self._wake_at = at
+            self._poke.set()
 
     async def _run_due(self) -> None:
         if self._primary_back and self._primary.health.is_up:
@@ -277,6 +288,7 @@ class Engine:
         current = (alert.next_action_at, alert.backup_rounds, alert.last_backup_at)
         if current != (p.schedule.next_action_at, p.schedule.backup_rounds, p.schedule.last_backup_at):
             await self._store.save_schedule(alert.alert_id, p.schedule)
+            self._due(p.schedule.next_action_at)
         self._act(alert, p.actions)
 
     def _act(self, alert: AlertRecord, actions: Sequence[escalation.Action]) -> None:

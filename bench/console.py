@@ -1,0 +1,107 @@
+"""An MQTT subscriber in the bench process: one reader task stamps `time.perf_counter()` at receipt, per key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import aiomqtt
+
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+def report_id_of(payload: bytes) -> str | None:
+    """The key of an alert on `uav/alerts/{desk}`: the report it came from."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    key = body.get("report_id") if isinstance(body, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def raw_key(payload: bytes) -> str | None:
+    return payload.decode(errors="replace")
+
+
+def client(port: int, identifier: str) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", port, identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5,
+                          socket_options=NODELAY, max_inflight_messages=1000)
+
+
+class Receiver:
+    """Subscribes at QoS 1 to `topic`; `received[key]` is the perf_counter() of the first copy of each key."""
+
+    def __init__(self, port: int, identifier: str, topic: str,
+                 key_of: Callable[[bytes], str | None] = report_id_of) -> None:
+        self.topic, self.key_of = topic, key_of
+        self.client = client(port, identifier)
+        self.received: dict[str, float] = {}
+        self.duplicates = 0
+        self.unparsed = 0
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Receiver:
+        await self.client.__aenter__()
+        await self.client.subscribe(self.topic, qos=1)
+        self._reader = asyncio.create_task(self._read(), name=f"reader:{self.topic}")
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._reader
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self.client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        async for msg in self.client.messages:
+            t = time.perf_counter()
+            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+            key = self.key_of(payload)
+            if key is None:
+                self.unparsed += 1
+            elif key in self.received:
+                self.duplicates += 1
+            else:
+                self.received[key] = t
+                waiter = self._waiters.pop(key, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(t)
+
+    def _future(self, key: str) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if key in self.received:
+            fut.set_result(self.received[key])
+        else:
+            self._waiters[key] = fut
+        return fut
+
+    async def wait(self, key: str, within_s: float) -> float:
+        """perf_counter() at which `key` arrived; TimeoutError if it did not within `within_s` seconds."""
+        if key in self.received:
+            return self.received[key]
+        fut = self._future(key)
+        try:
+            return await asyncio.wait_for(fut, within_s)
+        finally:
+            self._waiters.pop(key, None)
+
+    async def wait_all(self, keys: list[str], within_s: float) -> list[str]:
+        """Wait until every key arrived or `within_s` seconds passed; returns the keys still missing."""
+        pending = [self._future(k) for k in keys if k not in self.received]
+        if pending:
+            await asyncio.wait(pending, timeout=within_s)
+        for k in keys:
+            fut = self._waiters.pop(k, None)
+            if fut is not None:
+                fut.cancel()
+        return [k for k in keys if k not in self.received]

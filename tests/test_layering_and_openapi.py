@@ -1,0 +1,46 @@
+"""Structure a reader relies on: channels know nothing of the relay; the OpenAPI document matches the API."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support.relay import RunningRelay
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_channels_never_import_relay() -> None:
+    offenders = []
+    for path in (ROOT / "channels").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n == "relay" or n.startswith("relay.")]
+    assert offenders == []
+
+
+async def test_openapi_document_describes_the_report_schema_and_every_route(relay: RunningRelay) -> None:
+    status, doc = await relay.get("/api/v1/openapi.json", token=None)
+    assert status == 200
+    assert doc["openapi"].startswith("3.")
+    report = doc["components"]["schemas"]["Report"]
+    assert report["additionalProperties"] is False
+    assert set(report["required"]) == {"report_id", "observed_at", "location"}
+    assert report["properties"]["count"]["maximum"] == 1000
+    assert {"/api/v1/reports", "/api/v1/alerts", "/api/v1/alerts/{alert_id}", "/api/v1/alerts/{alert_id}/ack",
+            "/api/v1/events", "/healthz", "/readyz", "/metrics"} <= set(doc["paths"])
+
+    def refs(node: object) -> set[str]:
+        if isinstance(node, dict):
+            found = {node["$ref"]} if "$ref" in node else set()
+            return found.union(*(refs(v) for v in node.values()))
+        if isinstance(node, list):
+            return set().union(*(refs(v) for v in node))
+        return set()
+
+    missing = {r for r in refs(doc) if r.split("/")[-1] not in doc["components"]["schemas"]}
+    assert missing == set()

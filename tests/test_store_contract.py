@@ -1,0 +1,227 @@
+"""The contract every Store implementation keeps. Parametrised: a PostgreSQL store joins the list and runs the same."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from relay import short_code
+from relay.states import AlertState, DeliveryState
+from relay.store.base import (
+    AcceptOutcome,
+    AckRecord,
+    AlertRecord,
+    AttemptOutcome,
+    DeliveryRecord,
+    NewAlert,
+    Schedule,
+    Store,
+)
+from relay.store.sqlite import SQLiteStore
+from relay.store.sqlite_schema import MIGRATIONS
+
+Opener = Callable[[], Awaitable[Store]]
+
+
+async def _sqlite(tmp_path: Path) -> SQLiteStore:
+    return await SQLiteStore.open(tmp_path / "store" / "relay.db")
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = await _sqlite(tmp_path)
+    writer = asyncio.create_task(s.run())
+    try:
+        yield s
+    finally:
+        writer.cancel()
+        await asyncio.wait([writer])
+
+
+def new_alert(report_id: str = "r-1", *, operator: str = "op-1", code: str | None = None, at: float | None = None,
+              desks: tuple[str, ...] = ("d-1", "d-2"), digest: str = "sha-a") -> NewAlert:
+    now = time.time() if at is None else at
+    alert_id = f"A-{operator}-{report_id}"
+    deliveries = tuple(
+        DeliveryRecord(f"{alert_id}.{d}.mqtt", alert_id, d, "mqtt", f"uav/alerts/{d}") for d in desks
+    )
+    alert = AlertRecord(
+        alert_id=alert_id, report_id=report_id, operator_id=operator, short_code=code or short_code.new_code(),
+        state=AlertState.PENDING, priority="immediate", stale=False, created_at=now,
+        report={"report_id": report_id, "caller": {"phone": "+79001234567"}}, desks=desks, deliveries=deliveries,
+        next_action_at=now + 900,
+    )
+    return NewAlert(alert, digest, "http")
+
+
+async def test_an_accepted_alert_reads_back_whole(store: Store) -> None:
+    new = new_alert()
+    accepted = await store.accept(new)
+    assert accepted.outcome is AcceptOutcome.CREATED
+    got = await store.get_alert(new.alert.alert_id)
+    assert got is not None
+    assert got.report == new.alert.report
+    assert got.desks == ("d-1", "d-2")
+    assert [d.state for d in got.deliveries] == [DeliveryState.QUEUED, DeliveryState.QUEUED]
+    assert got.short_code == accepted.alert.short_code
+    assert got.next_action_at == pytest.approx(new.alert.next_action_at)
+    assert [e.kind for e in await store.events(got.alert_id)] == ["accepted"]
+
+
+async def test_replay_and_conflict_are_told_apart_by_content(store: Store) -> None:
+    first = await store.accept(new_alert("r-9"))
+    replay = await store.accept(replace(new_alert("r-9"), alert=replace(new_alert("r-9").alert, alert_id="other")))
+    assert replay.outcome is AcceptOutcome.REPLAY
+    assert replay.alert.alert_id == first.alert.alert_id
+    conflict = await store.accept(new_alert("r-9", digest="sha-b"))
+    assert conflict.outcome is AcceptOutcome.CONFLICT
+    other_operator = await store.accept(new_alert("r-9", operator="op-2"))
+    assert other_operator.outcome is AcceptOutcome.CREATED
+
+
+async def test_open_alerts_never_share_a_short_code(store: Store) -> None:
+    a = await store.accept(new_alert("r-1", code="K7QX"))
+    b = await store.accept(new_alert("r-2", code="K7QX"))
+    assert a.alert.short_code == "K7QX"
+    assert b.alert.short_code != "K7QX"
+    await store.record_ack(AckRecord(a.alert.alert_id, "d-1", "http", "x", time.time(), 1.0))
+    c = await store.accept(new_alert("r-3", code="K7QX"))  # a closed alert frees its code
+    assert c.alert.short_code == "K7QX"
+
+
+async def test_a_burst_of_writes_costs_few_commits(store: Store) -> None:
+    assert isinstance(store, SQLiteStore)
+    before = store.commits
+    results = await asyncio.gather(*(store.accept(new_alert(f"burst-{n}")) for n in range(500)))
+    assert all(r.outcome is AcceptOutcome.CREATED for r in results)
+    assert store.commits - before < 50  # batched: one fsync carries many reports
+    assert await store.count_open() == 500
+
+
+async def test_first_ack_closes_the_alert_and_cancels_what_is_still_queued(store: Store) -> None:
+    a = (await store.accept(new_alert())).alert
+    d1, d2 = a.deliveries
+    await store.finish_attempt(d1.delivery_id, AttemptOutcome.SENT, time.time())
+    first = await store.record_ack(AckRecord(a.alert_id, "d-1", "mqtt", "Иванов", time.time(), 2.5))
+    assert first is not None and first.first and first.was_open
+    assert first.cancelled == 1
+    second = await store.record_ack(AckRecord(a.alert_id, "d-2", "http", "Петров", time.time(), 3.0))
+    assert second is not None and not second.first
+    got = await store.get_alert(a.alert_id)
+    assert got is not None
+    assert got.state is AlertState.ACKNOWLEDGED
+    assert got.ack is not None and got.ack.by == "Иванов"
+    assert {d.delivery_id: d.state for d in got.deliveries} == {
+        d1.delivery_id: DeliveryState.SENT, d2.delivery_id: DeliveryState.CANCELLED,
+    }
+    assert got.next_action_at is None
+    assert [e.kind for e in await store.events(a.alert_id)] == ["accepted", "acknowledged", "duplicate_ack"]
+    # a send that was under way when the ack came is recorded, but nothing queued comes back to life
+    assert await store.start_attempt(d2.delivery_id, time.time()) is None
+
+
+async def test_a_receipt_walks_the_delivery_forward_and_marks_the_alert_delivered(store: Store) -> None:
+    a = (await store.accept(new_alert())).alert
+    receipt = await store.mark_delivered(a.alert_id, "d-1", "mqtt", time.time())
+    assert receipt is not None and receipt.newly_delivered
+    again = await store.mark_delivered(a.alert_id, "d-1", "mqtt", time.time())
+    assert again is not None and not again.newly_delivered
+    assert await store.mark_delivered(a.alert_id, "d-9", "mqtt", time.time()) is None
+    got = await store.get_alert(a.alert_id)
+    assert got is not None and got.state is AlertState.DELIVERED
+    delivered = next(d for d in got.deliveries if d.desk_id == "d-1")
+    assert delivered.state is DeliveryState.DELIVERED
+    assert delivered.attempts == 1 and delivered.delivered_at is not None
+
+
+async def test_a_failed_send_goes_back_to_the_queue_and_counts_the_attempt(store: Store) -> None:
+    a = (await store.accept(new_alert())).alert
+    d = a.deliveries[0]
+    t = time.time()
+    retry = await store.finish_attempt(d.delivery_id, AttemptOutcome.RETRY, t, error="unreachable: broker down")
+    assert retry is not None
+    assert (retry.state, retry.attempts, retry.error, retry.attempted_at) == (
+        DeliveryState.QUEUED, 1, "unreachable: broker down", t,
+    )
+    queued = await store.alerts_with_queued("mqtt", limit=10)
+    assert [q.alert_id for q in queued] == [a.alert_id]
+    sent = await store.finish_attempt(d.delivery_id, AttemptOutcome.SENT, time.time())
+    assert sent is not None and sent.attempts == 2 and sent.error is None
+
+
+async def test_due_times_are_stored_and_found(store: Store) -> None:
+    now = time.time()
+    early = (await store.accept(new_alert("early", at=now - 100))).alert
+    late = (await store.accept(new_alert("late", at=now))).alert
+    await store.save_schedule(early.alert_id, Schedule(now - 1, 1, now - 50))
+    await store.save_schedule(late.alert_id, Schedule(now + 60, 0, None))
+    assert await store.next_due_at() == pytest.approx(now - 1)
+    due = await store.due_alerts(now, limit=10)
+    assert [a.alert_id for a in due] == [early.alert_id]
+    assert (due[0].backup_rounds, due[0].last_backup_at) == (1, pytest.approx(now - 50))
+
+
+async def test_giving_up_closes_an_open_alert_once(store: Store) -> None:
+    a = (await store.accept(new_alert())).alert
+    closed = await store.give_up(a.alert_id, time.time())
+    assert closed is not None and closed.state is AlertState.UNACKNOWLEDGED
+    assert await store.give_up(a.alert_id, time.time()) is None
+    late = await store.record_ack(AckRecord(a.alert_id, "d-1", "mqtt", "поздно", time.time(), 1000))
+    assert late is not None and late.first and not late.was_open
+    assert await store.count_open() == 0
+
+
+async def test_listing_is_newest_first_and_scoped(store: Store) -> None:
+    for n in range(3):
+        await store.accept(new_alert(f"r-{n}", desks=("d-1",) if n != 1 else ("d-2",)))
+    everything = await store.list_alerts(states=None, limit=10)
+    assert [a.report_id for a in everything] == ["r-2", "r-1", "r-0"]
+    for_d1 = await store.list_alerts(states=None, limit=10, desk_id="d-1")
+    assert [a.report_id for a in for_d1] == ["r-2", "r-0"]
+    assert await store.list_alerts(states=[AlertState.ACKNOWLEDGED], limit=10) == []
+    assert len(await store.list_alerts(states=None, limit=10, operator_id="op-2")) == 0
+
+
+# ---- SQLite specifics -----------------------------------------------------------------------------------
+
+
+async def test_sqlite_schema_is_versioned_and_migrated_once(tmp_path: Path) -> None:
+    s = await _sqlite(tmp_path)
+    writer = asyncio.create_task(s.run())
+    await s.accept(new_alert())
+    writer.cancel()
+    await asyncio.wait([writer])
+    reopened = await _sqlite(tmp_path)  # migrating again must keep the data
+    writer = asyncio.create_task(reopened.run())
+    try:
+        assert await reopened.count_open() == 1
+    finally:
+        writer.cancel()
+        await asyncio.wait([writer])
+    conn = sqlite3.connect(tmp_path / "store" / "relay.db")
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS) + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this relay knows"):
+        await _sqlite(tmp_path)
+
+
+async def test_what_was_queued_before_a_stop_is_still_committed(tmp_path: Path) -> None:
+    s = await _sqlite(tmp_path)
+    writer = asyncio.create_task(s.run())
+    pending = [asyncio.create_task(s.accept(new_alert(f"late-{n}"))) for n in range(20)]
+    await asyncio.sleep(0)  # the accepts are queued, none committed yet
+    writer.cancel()
+    await asyncio.wait([writer])
+    assert all(p.result().outcome is AcceptOutcome.CREATED for p in pending)
+    conn = sqlite3.connect(tmp_path / "store" / "relay.db")
+    assert conn.execute("SELECT count(*) FROM alerts").fetchone() == (20,)
+    conn.close()
