@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -21,7 +22,7 @@ import aiohttp
 
 from bench import floors, scenarios, table
 from bench.console import Receiver
-from bench.env import ALERT_TOPIC, REPO, World, fs_type, mosquitto_version, rss_mb
+from bench.env import ALERT_TOPIC, REPO, World, cpu_s, fs_type, mosquitto_version, rss_mb
 from bench.stats import Summary
 
 
@@ -32,6 +33,7 @@ class Plan:
     burst: int
     open: int
     floor: int
+    profile: str | None = None
 
 
 def parse(argv: Sequence[str] | None) -> Plan:
@@ -41,10 +43,11 @@ def parse(argv: Sequence[str] | None) -> Plan:
     p.add_argument("--open", type=int, default=10000, help="open alerts when the relay's RSS is read (10000)")
     p.add_argument("--floor", type=int, default=1000, help="samples per floor measurement (1000)")
     p.add_argument("--quick", action="store_true", help="smoke run: 100 sequential, 100 burst, 1000 open")
+    p.add_argument("--profile", metavar="FILE", help="also sample the relay with py-spy into FILE (collapsed stacks)")
     a = p.parse_args(argv)
     if a.quick:
-        return Plan(warmup=10, sequential=100, burst=100, open=1000, floor=100)
-    return Plan(warmup=50, sequential=a.sequential, burst=a.burst, open=a.open, floor=a.floor)
+        return Plan(warmup=10, sequential=100, burst=100, open=1000, floor=100, profile=a.profile)
+    return Plan(warmup=50, sequential=a.sequential, burst=a.burst, open=a.open, floor=a.floor, profile=a.profile)
 
 
 def machine(world: World) -> dict[str, Any]:
@@ -68,6 +71,24 @@ async def relay_metric(session: aiohttp.ClientSession, port: int, name: str) -> 
     return None
 
 
+class CpuMeter:
+    """CPU seconds used by the relay, the broker and the bench itself between `start()` and `stop()`."""
+
+    def __init__(self, world: World) -> None:
+        self.pids = {"relay": world.relay.pid, "mosquitto": world.procs[0].pid, "bench": os.getpid()}
+        self.t0: dict[str, float] = {}
+        self.wall0 = 0.0
+
+    def start(self) -> None:
+        self.t0 = {k: cpu_s(p) for k, p in self.pids.items()}
+        self.wall0 = time.perf_counter()
+
+    def per_report_ms(self, n: int) -> dict[str, float]:
+        used = {k: (cpu_s(p) - self.t0[k]) * 1000 / max(1, n) for k, p in self.pids.items()}
+        used["wall"] = (time.perf_counter() - self.wall0) * 1000 / max(1, n)
+        return {k: round(v, 3) for k, v in used.items()}
+
+
 def check_alive(world: World, phase: str) -> None:
     code = world.relay.proc.poll()
     if code is not None:
@@ -89,13 +110,18 @@ async def measure(world: World, plan: Plan) -> dict[str, Any]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
             warm = await scenarios.sequential(s, relay_url, console, "w", plan.warmup)
             check_alive(world, "warm-up")
+            cpu = CpuMeter(world)
+            cpu.start()
             seq = await scenarios.sequential(s, relay_url, console, "s", plan.sequential)
+            out["cpu_sequential_ms_per_report"] = cpu.per_report_ms(plan.sequential)
             check_alive(world, "sequential")
         out["sequential"] = seq
 
         print(f"burst: {plan.burst} at once ...", file=sys.stderr)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            cpu.start()
             burst = await scenarios.burst(s, relay_url, console, "b", plan.burst)
+            out["cpu_burst_ms_per_report"] = cpu.per_report_ms(plan.burst)
             check_alive(world, "burst")
             out["burst"] = burst
             remaining = max(0, plan.open - plan.warmup - plan.sequential - plan.burst)
@@ -150,6 +176,9 @@ def render(m: dict[str, Any], r: dict[str, Any], plan: Plan) -> list[str]:
         table.value_row("lost alerts / non-201 answers (all phases)", f"{r['lost']} / {r['non_201']}",
                         "0 / 0", r["lost"] == 0 and r["non_201"] == 0),
         table.rule(),
+        cpu_row("CPU per report, sequential", r["cpu_sequential_ms_per_report"]),
+        cpu_row("CPU per report, burst", r["cpu_burst_ms_per_report"]),
+        table.rule(),
         table.value_row("relay RSS right after startup", f"{r['rss_start_mb']:.1f} MB"),
     ]
     open_now = r["open_alerts"]
@@ -160,6 +189,11 @@ def render(m: dict[str, Any], r: dict[str, Any], plan: Plan) -> list[str]:
                                  r["rss_open_mb"] < 100 if mem_applies else None))
     lines.append(table.value_row("relay peak RSS (VmHWM)", f"{r['hwm_mb']:.1f} MB"))
     return lines
+
+
+def cpu_row(name: str, c: dict[str, float]) -> str:
+    return f"{name:<{table.NAME_W}}relay {c['relay']:.2f}ms, mosquitto {c['mosquitto']:.2f}ms, " \
+           f"bench {c['bench']:.2f}ms (wall {c['wall']:.2f}ms)"
 
 
 def to_json(m: dict[str, Any], r: dict[str, Any], plan: Plan, relay: dict[str, Any]) -> dict[str, Any]:
@@ -193,8 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         world.start_relay()
         world.start_floor_server()
         rss_start = rss_mb(world.relay.pid)
+        if plan.profile:
+            world.start_profiler(Path(plan.profile).resolve())
         results = asyncio.run(measure(world, plan))
         results["rss_start_mb"] = rss_start
+        results["relay_log_lines_before_stop"] = len(world.relay_log())
     except KeyboardInterrupt:
         failure = "interrupted"
     except Exception as exc:
@@ -215,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("\n".join(render(info, results, plan)))
     print(f"\nrun took {time.monotonic() - t0:.0f} s; relay exit code {world.relay_exit}; "
-          f"relay stderr (log_level=warning): {len(relay_log)} lines; duplicates received {results['duplicates']}")
+          f"relay stderr (log_level=warning): {results['relay_log_lines_before_stop']} lines while measuring, "
+          f"{len(relay_log)} in all; duplicate alerts received: {results['duplicates']}")
     for line in relay_log[:10]:
         print(f"  relay: {line}")
     out = REPO / "var" / "bench-last.json"

@@ -60,6 +60,13 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
     raise RuntimeError(f"no {key} for pid {pid}")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -105,11 +112,11 @@ class Proc:
     def pid(self) -> int:
         return self.proc.pid
 
-    def stop(self, grace_s: float = 10.0) -> int | None:
-        """SIGTERM this PID, wait, then SIGKILL it; returns the exit code."""
+    def stop(self, grace_s: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """`sig` (SIGTERM) to this PID, wait, then SIGKILL it; returns the exit code."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
@@ -189,6 +196,20 @@ class World:
         self.procs.append(p)
         wait_ready(f"http://127.0.0.1:{self.floor_port}/readyz", p.proc, "floor HTTP server")
 
+    def start_profiler(self, out: Path) -> None:
+        """py-spy sampling the relay (raw collapsed stacks, written when it gets SIGINT)."""
+        spy = Path(python()).parent / "py-spy"
+        if not spy.exists():
+            raise RuntimeError(f"{spy} not found: .venv/bin/pip install py-spy")
+        argv = [str(spy), "record", "--gil", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(out),
+                "-p", str(self.relay.pid)]
+        self.procs.append(_spawn("py-spy", argv, self.workdir / "py-spy.log"))
+
+    def stop_profiler(self) -> None:
+        for p in [p for p in self.procs if p.name == "py-spy"]:
+            p.stop(sig=signal.SIGINT)
+            self.procs.remove(p)
+
     def relay_log(self) -> list[str]:
         with contextlib.suppress(OSError):
             return (self.workdir / "relay.stderr").read_text(errors="replace").splitlines()
@@ -196,6 +217,7 @@ class World:
 
     def stop(self) -> None:
         # the relay first (it says `offline` to the broker and drains), the broker last
+        self.stop_profiler()
         order = sorted(self.procs, key=lambda p: {"relay": 0, "floor-http": 1}.get(p.name, 2))
         for p in order:
             code = p.stop()

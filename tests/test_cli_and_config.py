@@ -161,3 +161,9 @@ def test_relay_run_without_a_reachable_port_says_why(tmp_path: Path) -> None:
         result = relay_cmd("run", "--config", str(write_config(tmp_path, http_port=port)))
     assert result.returncode == 1
     assert "cannot start" in result.stderr
+
+
+def test_the_example_config_in_the_repository_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "config" / "example.toml"
+    result = relay_cmd("check-config", "--config", str(example))
+    assert result.returncode == 0, result.stderr
