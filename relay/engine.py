@@ -265,8 +265,12 @@ class Engine:
     async def _run_due(self) -> None:
         if self._primary_back and self._primary.health.is_up:
             self._primary_back = False
-            for alert in await self._store.alerts_with_queued(self._primary.name, limit=100_000):
-                await self._follow_plan(alert)
+            try:
+                for alert in await self._store.alerts_with_queued(self._primary.name, limit=100_000):
+                    await self._follow_plan(alert)
+            except BaseException:
+                self._primary_back = True  # not all were looked at: look again on the next round
+                raise
         while True:
             due = await self._store.due_alerts(self._clock.now(), SCHEDULER_BATCH)
             for alert in due:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import sse_response
@@ -12,9 +13,6 @@ from relay.api.access import authenticate
 from relay.api.context import CONTEXT
 from relay.auth import Principal, Role
 from relay.events import StateEvent
-
-# Proxies cut idle streams; a comment line this often keeps it open.
-PING_S = 15
 
 
 def _visible(principal: Principal, event: StateEvent) -> bool:
@@ -28,21 +26,27 @@ async def events(request: web.Request) -> web.StreamResponse:
     principal = authenticate(request, ctx)
     sub = ctx.bus.subscribe()
     try:
+        # aiohttp-sse pings every 15 s (proxies cut idle streams); its ping task ends when the client is gone.
         async with sse_response(request) as resp:
-            resp.ping_interval = PING_S
-            stop = asyncio.ensure_future(ctx.shutting_down.wait())
+            ending: set[asyncio.Future[Any]] = {
+                asyncio.ensure_future(ctx.shutting_down.wait()),
+                asyncio.ensure_future(resp.wait()),
+            }
             try:
-                while resp.is_connected() and not stop.done():
+                while True:
                     nxt = asyncio.ensure_future(sub.next())
-                    await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({nxt, *ending}, return_when=asyncio.FIRST_COMPLETED)
                     if not nxt.done():
                         nxt.cancel()
                         break
                     event = nxt.result()
                     if _visible(principal, event):
                         await resp.send(json.dumps(event.to_json(), ensure_ascii=False), event="alert")
+            except ConnectionResetError:
+                pass  # the client went away mid-send
             finally:
-                stop.cancel()
+                for f in ending:
+                    f.cancel()
         return resp
     finally:
         ctx.bus.unsubscribe(sub)
