@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 
 import aiomqtt
@@ -15,18 +16,26 @@ import aiomqtt
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
-def report_id_of(payload: bytes) -> str | None:
-    """The key of an alert on `uav/alerts/{desk}`: the report it came from."""
+Parsed = tuple[str | None, float | None]  # (key, the relay's own timestamp in epoch seconds, if any)
+
+
+def alert_fields(payload: bytes) -> Parsed:
+    """An alert on `uav/alerts/{desk}`: keyed by its report_id; `created_at` is when the relay accepted it."""
     try:
         body = json.loads(payload)
     except ValueError:
-        return None
-    key = body.get("report_id") if isinstance(body, dict) else None
-    return key if isinstance(key, str) else None
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    key = body.get("report_id")
+    created: float | None = None
+    with contextlib.suppress(TypeError, ValueError):
+        created = datetime.fromisoformat(body["created_at"]).timestamp()
+    return (key if isinstance(key, str) else None), created
 
 
-def raw_key(payload: bytes) -> str | None:
-    return payload.decode(errors="replace")
+def raw_key(payload: bytes) -> Parsed:
+    return payload.decode(errors="replace"), None
 
 
 def client(port: int, identifier: str) -> aiomqtt.Client:
@@ -35,13 +44,15 @@ def client(port: int, identifier: str) -> aiomqtt.Client:
 
 
 class Receiver:
-    """Subscribes at QoS 1 to `topic`; `received[key]` is the perf_counter() of the first copy of each key."""
+    """Subscribes at QoS 1 to `topic`; `received[key]` is the perf_counter() of the first copy of each key,
+    `stamped[key]` the sender's own timestamp found in it (epoch seconds), where there is one."""
 
     def __init__(self, port: int, identifier: str, topic: str,
-                 key_of: Callable[[bytes], str | None] = report_id_of) -> None:
-        self.topic, self.key_of = topic, key_of
+                 parse: Callable[[bytes], Parsed] = alert_fields) -> None:
+        self.topic, self.parse = topic, parse
         self.client = client(port, identifier)
         self.received: dict[str, float] = {}
+        self.stamped: dict[str, float] = {}
         self.duplicates = 0
         self.unparsed = 0
         self._waiters: dict[str, asyncio.Future[float]] = {}
@@ -66,13 +77,15 @@ class Receiver:
         async for msg in self.client.messages:
             t = time.perf_counter()
             payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
-            key = self.key_of(payload)
+            key, stamp = self.parse(payload)
             if key is None:
                 self.unparsed += 1
             elif key in self.received:
                 self.duplicates += 1
             else:
                 self.received[key] = t
+                if stamp is not None:
+                    self.stamped[key] = stamp
                 waiter = self._waiters.pop(key, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(t)

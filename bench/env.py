@@ -60,11 +60,18 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
     raise RuntimeError(f"no {key} for pid {pid}")
 
 
+def cpu_times(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by the process (all threads), or by its thread `tid`."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
+        fields = f.read().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds the process used so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_times(pid))
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 10.0) -> None:
@@ -127,9 +134,11 @@ class Proc:
 
 
 def _spawn(name: str, argv: list[str], log: Path) -> Proc:
+    # RELAY_* variables would override the bench's config file: what is measured is what the file says
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name, proc, log)
 
 
@@ -156,12 +165,12 @@ class World:
         workdir.mkdir(parents=True, exist_ok=False)
         return cls(workdir)
 
-    def _get(self, name: str) -> Proc:
+    def proc(self, name: str) -> Proc:
         return next(p for p in self.procs if p.name == name)
 
     @property
     def relay(self) -> Proc:
-        return self._get("relay")
+        return self.proc("relay")
 
     def start_broker(self) -> None:
         if shutil.which("mosquitto") is None:

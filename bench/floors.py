@@ -31,6 +31,18 @@ async def http_floor(session: aiohttp.ClientSession, url: str, n: int) -> Summar
     return summarize(samples)
 
 
+async def http_burst_floor(session: aiohttp.ClientSession, url: str, n: int) -> float:
+    """`n` POSTs at once to the trivial server, as in the burst: start -> last 201, in seconds."""
+    body = report_body("floor-1")
+    t0 = time.perf_counter()
+    statuses = await asyncio.gather(*(post(session, url, body) for _ in range(n)))
+    dt = time.perf_counter() - t0
+    bad = [s for s in statuses if s != 201]
+    if bad:
+        raise RuntimeError(f"floor HTTP server answered {bad[0]} ({len(bad)} times)")
+    return dt
+
+
 def fsync_floor(path: Path, n: int) -> Summary:
     """One small INSERT per transaction, WAL, synchronous=FULL: each COMMIT fsyncs the WAL."""
     conn = sqlite3.connect(path, isolation_level=None)
@@ -57,7 +69,7 @@ async def mqtt_floor(port: int, n: int, tag: str) -> Summary:
     """One client publishes at QoS 1, another (subscribed at QoS 1) receives: publish call start -> receipt."""
     topic = f"bench/floor/{tag}"
     samples: list[float] = []
-    async with Receiver(port, f"bench-floor-sub-{tag}", topic, key_of=raw_key) as sub, \
+    async with Receiver(port, f"bench-floor-sub-{tag}", topic, parse=raw_key) as sub, \
             client(port, f"bench-floor-pub-{tag}") as pub:
         for i in range(WARMUP + n):
             key = str(i)

@@ -41,20 +41,33 @@ class Sequential:
     post_201: Summary
     non_201: int
     lost: int
+    # split at the relay's own `created_at` (time.time() in Engine.accept, after validation, before the commit)
+    to_accept: Summary
+    accept_to_201: Summary
+    accept_to_console: Summary
 
     def as_dict(self) -> dict[str, Any]:
         return {"end_to_end_ms": self.end_to_end.as_dict(), "post_201_ms": self.post_201.as_dict(),
-                "non_201": self.non_201, "lost": self.lost}
+                "non_201": self.non_201, "lost": self.lost, "post_to_accept_ms": self.to_accept.as_dict(),
+                "accept_to_201_ms": self.accept_to_201.as_dict(),
+                "accept_to_console_ms": self.accept_to_console.as_dict()}
 
 
-async def sequential(session: aiohttp.ClientSession, url: str, console: Receiver, prefix: str, n: int) -> Sequential:
-    """One report at a time: t0 just before the POST, t1 at the 201, t2 when the console had its alert."""
+async def sequential(session: aiohttp.ClientSession, url: str, console: Receiver, prefix: str, n: int,
+                     gap_s: float = 0.0) -> Sequential:
+    """One report at a time: t0 just before the POST, t1 at the 201, t2 when the console had its alert.
+
+    `gap_s`: idle time before each report, so that it finds the relay done with the previous one."""
     e2e: list[float] = []
     rtt: list[float] = []
+    split: tuple[list[float], list[float], list[float]] = ([], [], [])
     non_201 = lost = 0
     for i in range(n):
         rid = f"{prefix}-{i}"
         body = report_body(rid)
+        if gap_s:
+            await asyncio.sleep(gap_s)
+        w0 = time.time()
         t0 = time.perf_counter()
         status = await post(session, url, body)
         t1 = time.perf_counter()
@@ -68,7 +81,13 @@ async def sequential(session: aiohttp.ClientSession, url: str, console: Receiver
             lost += 1
             continue
         e2e.append(t2 - t0)
-    return Sequential(summarize(e2e), summarize(rtt), non_201, lost)
+        accepted = console.stamped.get(rid)
+        if accepted is not None:  # wall clock of the same machine; perf_counter deltas added to w0
+            at = accepted - w0
+            split[0].append(at)
+            split[1].append(t1 - t0 - at)
+            split[2].append(t2 - t0 - at)
+    return Sequential(summarize(e2e), summarize(rtt), non_201, lost, *(summarize(s) for s in split))
 
 
 @dataclass
@@ -100,8 +119,20 @@ async def _timed_post(session: aiohttp.ClientSession, url: str, body: bytes, t0:
     return status, time.perf_counter() - t0
 
 
+async def open_connections(session: aiohttp.ClientSession, url: str, n: int) -> None:
+    """`n` concurrent GETs of `url`: leaves `n` keep-alive connections in the session's pool."""
+
+    async def get() -> None:
+        async with session.get(url) as r:
+            await r.read()
+
+    await asyncio.gather(*(get() for _ in range(n)))
+
+
 async def burst(session: aiohttp.ClientSession, url: str, console: Receiver, prefix: str, n: int) -> Burst:
-    """`n` POSTs at once (asyncio.gather); complete = the console's receipt of the last one's alert."""
+    """`n` POSTs at once (asyncio.gather); complete = the console's receipt of the last one's alert.
+
+    Whether the connections are fresh or already open is up to the session handed in."""
     ids = [f"{prefix}-{i}" for i in range(n)]
     bodies = [report_body(rid) for rid in ids]
     t0 = time.perf_counter()
