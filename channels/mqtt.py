@@ -92,6 +92,7 @@ class MqttChannel:
         self._sink: InboundSink | None = None
         self._raw: dict[str, RawHandler] = {}
         self._client: aiomqtt.Client | None = None
+        self._connections = 0  # bumped when a connection ends: a publish that saw it change lost its PUBACK
         self._expiry_props: dict[int, Properties] = {}
         self.health = ChannelHealth(self.name)
 
@@ -112,13 +113,11 @@ class MqttChannel:
         client = self._client
         if client is None:
             return SendResult.failed(FailureReason.UNREACHABLE, "broker not connected")
+        connection = self._connections
         try:
             async with asyncio.timeout(self._cfg.publish_timeout_s):
-                await _unless_disconnected(
-                    client,
-                    client.publish(
-                        topic, payload, qos=1, retain=retain, properties=self._props(expiry_s), timeout=math.inf
-                    ),
+                await client.publish(
+                    topic, payload, qos=1, retain=retain, properties=self._props(expiry_s), timeout=math.inf
                 )
         except TimeoutError:
             if self.health.state is HealthState.UP:
@@ -126,6 +125,8 @@ class MqttChannel:
             return SendResult.failed(FailureReason.TIMEOUT, "no PUBACK within publish timeout")
         except aiomqtt.MqttError as exc:
             return SendResult.failed(FailureReason.UNREACHABLE, str(exc))
+        if connection != self._connections:
+            return SendResult.failed(FailureReason.UNREACHABLE, "connection lost before the broker's PUBACK")
         if self.health.state is HealthState.DEGRADED and self._client is client:
             self.health.set(HealthState.UP, "publishing again")
         return SendResult.accepted()
@@ -156,6 +157,8 @@ class MqttChannel:
                         await self._consume(client)
                     finally:
                         self._client = None
+                        self._connections += 1
+                        _wake_waiting_publishes(client)
                         if not client._disconnected.done():
                             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                                 async with asyncio.timeout(self._cfg.publish_timeout_s):
@@ -254,6 +257,14 @@ class MqttChannel:
             return
         ref, kind, by = parsed
         await self._sink.on_inbound(Inbound(self.name, kind, ref, sender, by))
+
+
+def _wake_waiting_publishes(client: aiomqtt.Client) -> None:
+    """aiomqtt 2.x leaves a publish waiting for a PUBACK that can no longer come; wake each one, and let it see
+    (by the connection count) that it lost its connection, instead of waiting for its timeout: the failover
+    starts at once."""
+    for confirmation in list(client._pending_publishes.values()):
+        confirmation.set()
 
 
 async def _unless_disconnected(client: aiomqtt.Client, call: Awaitable[object]) -> None:

@@ -58,11 +58,10 @@ def small_filesystem(path: Path, size: str = "4m") -> Iterator[Path]:
 
 def fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
