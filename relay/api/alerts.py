@@ -33,14 +33,17 @@ def _json(view: AlertView) -> web.Response:
     return web.json_response(text=view.model_dump_json())
 
 
-async def get_alert(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    principal = authenticate(request, ctx)
-    alert = await ctx.store.get_alert(request.match_info["alert_id"])
+async def _readable_alert(request: web.Request, principal: Principal) -> AlertRecord:
+    alert = await request.app[CONTEXT].store.get_alert(request.match_info["alert_id"])
     if alert is None:
         raise ApiError(404, "not_found", "no such alert")
     check_read(principal, alert)
-    return _json(_shown(alert, principal))
+    return alert
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    principal = authenticate(request, request.app[CONTEXT])
+    return _json(_shown(await _readable_alert(request, principal), principal))
 
 
 async def list_alerts(request: web.Request) -> web.Response:
@@ -81,10 +84,7 @@ async def ack_alert(request: web.Request) -> web.Response:
         body = AckRequest.model_validate_json(raw if raw.strip() else b"{}")
     except ValidationError as exc:
         raise ApiError(422, "invalid_ack", [p.model_dump() for p in field_problems(exc)]) from None
-    alert = await ctx.store.get_alert(alert_id)
-    if alert is None:
-        raise ApiError(404, "not_found", "no such alert")
-    check_read(principal, alert)
+    await _readable_alert(request, principal)
     try:
         await ctx.engine.acknowledge(alert_id, principal.id, "http", body.by)
     except AckRefused as exc:
@@ -98,10 +98,7 @@ async def alert_history(request: web.Request) -> web.Response:
     """Everything that happened to one alert, oldest first: accepted, delivered, acks (also duplicate ones)."""
     ctx = request.app[CONTEXT]
     principal = authenticate(request, ctx)
-    alert = await ctx.store.get_alert(request.match_info["alert_id"])
-    if alert is None:
-        raise ApiError(404, "not_found", "no such alert")
-    check_read(principal, alert)
+    alert = await _readable_alert(request, principal)
     events = [
         {"at": to_datetime(e.at).isoformat(), "kind": e.kind, "detail": e.detail}
         for e in await ctx.store.events(alert.alert_id)
