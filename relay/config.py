@@ -8,6 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -24,6 +25,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from relay.render import check_template
+
 # Ids become MQTT topic levels and URL parts: no '/', '+', '#', spaces.
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
@@ -37,6 +40,16 @@ class Section(BaseModel):
 class RelaySection(Section):
     data_dir: Path = Path("var")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    timezone: str = "Europe/Moscow"  # times in SMS and e-mail are the dispatcher's local time
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (e.g. Europe/Moscow)") from None
+        return v
 
 
 class StoreSection(Section):
@@ -60,6 +73,9 @@ class HttpSection(Section):
     public_url: str = "http://127.0.0.1:8080"
     rate_per_s: float = Field(100, gt=0)
     rate_burst: int = Field(1000, ge=1)
+    # Key of the e-mail ack links (HMAC-SHA256); empty: generated once into data_dir/ack-link.key (mode 0600).
+    ack_link_key: SecretStr = SecretStr("")
+    ack_link_ttl_s: int = Field(86400, ge=60)
 
     @field_validator("public_url")
     @classmethod
@@ -99,6 +115,21 @@ class SmsSection(Section):
     auth_token: SecretStr = SecretStr("")
     from_number: str = ""
     api_base_url: str = "https://api.twilio.com"
+    validity_period_s: int | None = Field(None, ge=1, le=36000)  # default: escalation.repeat_s
+    bundle_window_s: float = Field(2.0, ge=0, le=60)
+    timeout_s: float = Field(10.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.enabled:
+            missing = [k for k in ("account_sid", "from_number") if not getattr(self, k)]
+            if not self.auth_token.get_secret_value():
+                missing.append("auth_token")
+            if missing:
+                raise ValueError(f"enabled, but {', '.join(missing)} not set")
+        if not re.match(r"^https?://[^/\s]+/?$", self.api_base_url):
+            raise ValueError("api_base_url: must be an http(s) URL with no path")
+        return self
 
 
 class EmailSection(Section):
@@ -109,6 +140,33 @@ class EmailSection(Section):
     username: str = ""
     password: SecretStr = SecretStr("")
     from_address: str = Field("uav-relay@localhost", pattern=EMAIL_PATTERN)
+    tls: bool = False  # implicit TLS (port 465); starttls upgrades a plain connection instead
+    ca_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _one_tls(self) -> Self:
+        if self.tls and self.starttls:
+            raise ValueError("tls and starttls exclude each other")
+        return self
+
+
+class TemplatesSection(Section):
+    """Replacements for the built-in texts; fields as in relay.render.FIELDS, e.g. {code}, {place}."""
+
+    sms: str | None = None
+    email_subject: str | None = None
+    email_text: str | None = None
+
+    @field_validator("sms", "email_subject", "email_text")
+    @classmethod
+    def _renders(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_template("", v)
+        return v
+
+    def overrides(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class EscalationSection(Section):
@@ -196,6 +254,7 @@ class Settings(BaseSettings):
     sms: SmsSection = SmsSection()
     email: EmailSection = EmailSection()
     escalation: EscalationSection = EscalationSection()
+    templates: TemplatesSection = TemplatesSection()
     operators: list[OperatorConfig] = Field(default_factory=list)
     desks: list[DeskConfig] = Field(default_factory=list)
 

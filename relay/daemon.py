@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from zoneinfo import ZoneInfo
 
+from channels.base import Channel
+from channels.email import SmtpEmailChannel, SmtpSettings
 from channels.mqtt import MqttChannel, MqttSettings
-from relay.api.context import ApiContext
+from channels.sms import TwilioSettings, TwilioSmsChannel
+from relay.ack_links import AckLinkSigner, load_or_create_key
+from relay.api.context import ApiContext, SmsWebhooks
 from relay.api.server import HttpServer
 from relay.auth import Authenticator
 from relay.clock import Clock, SystemClock
 from relay.config import Settings
+from relay.dispatch import Dispatcher
 from relay.engine import Engine
 from relay.escalation import Policy
 from relay.events import EventBus
@@ -19,7 +25,9 @@ from relay.metrics import Metrics
 from relay.mqtt_events import MqttEventPublisher
 from relay.mqtt_intake import MqttReportIntake
 from relay.ratelimit import RateLimiter
+from relay.render import Renderer
 from relay.routing import Desk
+from relay.sms_replies import SmsReplies
 from relay.store.sqlite import SQLiteStore
 from relay.topics import Topics
 
@@ -27,6 +35,33 @@ log = logging.getLogger("relay.daemon")
 
 # SIGTERM/SIGINT: in-flight sends get this long to finish; whatever is left stays queued on disk.
 DRAIN_S = 5.0
+
+
+def twilio_settings(settings: Settings) -> TwilioSettings:
+    sms = settings.sms
+    return TwilioSettings(
+        account_sid=sms.account_sid,
+        auth_token=sms.auth_token.get_secret_value(),
+        from_number=sms.from_number,
+        api_base_url=sms.api_base_url,
+        status_callback_url=f"{settings.http.public_url}/webhooks/twilio/status",
+        timeout_s=sms.timeout_s,
+    )
+
+
+def smtp_settings(settings: Settings) -> SmtpSettings:
+    e = settings.email
+    return SmtpSettings(
+        host=e.host,
+        port=e.port,
+        from_address=e.from_address,
+        starttls=e.starttls,
+        tls=e.tls,
+        username=e.username or None,
+        password=e.password.get_secret_value() or None,
+        ca_file=str(e.ca_file) if e.ca_file else None,
+        timeout_s=e.timeout_s,
+    )
 
 
 def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
@@ -65,27 +100,60 @@ class Relay:
         topics = Topics(s.mqtt.topic_prefix)
         store = self.store = await SQLiteStore.open(s.store.sqlite_path)
         bus = EventBus()
+        desks = [Desk.from_config(d) for d in s.desks]
         mqtt = MqttChannel(mqtt_settings(s, topics))
+        sms = TwilioSmsChannel(twilio_settings(s)) if s.sms.enabled else None
+        email = SmtpEmailChannel(smtp_settings(s)) if s.email.enabled else None
+        backups: list[Channel] = [c for c in (sms, email) if c is not None]
+        renderer = Renderer(ZoneInfo(s.relay.timezone), s.templates.overrides())
+        ack_links = AckLinkSigner(
+            load_or_create_key(s.http.ack_link_key.get_secret_value(), s.relay.data_dir), s.http.ack_link_ttl_s
+        )
+        engine: Engine | None = None
+
+        async def replan(alert_id: str) -> None:
+            assert engine is not None
+            await engine.replan(alert_id)
+
+        dispatcher = Dispatcher(
+            store=store,
+            channels={c.name: c for c in (mqtt, *backups)},
+            renderer=renderer,
+            topics=topics,
+            clock=self.clock,
+            metrics=self.metrics,
+            message_expiry_s=int(s.escalation.give_up_s),
+            sms_validity_s=s.sms.validity_period_s or int(s.escalation.repeat_s),
+            sms_bundle_window_s=s.sms.bundle_window_s,
+            ack_links=ack_links,
+            public_url=s.http.public_url,
+            on_failure=replan,
+        )
         engine = self.engine = Engine(
             store=store,
-            desks=[Desk.from_config(d) for d in s.desks],
+            desks=desks,
             policy=Policy(
                 ack_timeout_s=s.escalation.ack_timeout_s,
                 repeat_s=s.escalation.repeat_s,
                 give_up_s=s.escalation.give_up_s,
                 retry_s=s.escalation.retry_s,
+                backups=frozenset(c.name for c in backups),
             ),
             clock=self.clock,
             bus=bus,
             metrics=self.metrics,
             topics=topics,
             primary=mqtt,
+            backups=backups,
+            dispatcher=dispatcher,
         )
         auth = Authenticator(s.operators, s.desks)
         intake = Intake(engine, self.clock, self.metrics)
         report_intake = MqttReportIntake(intake, mqtt, topics, auth.operator_ids)
         mqtt.listen(engine, {topics.reports_filter: report_intake.on_report})
         self.metrics.channel_up.labels(mqtt.name).set(0)
+        for channel in backups:
+            self.metrics.channel_up.labels(channel.name).set(1)
         self.metrics.watch_open_alerts(lambda: engine.open_alerts)
         self.metrics.store_up.set_function(lambda: 1 if store.last_error is None else 0)
         http = HttpServer(
@@ -99,7 +167,12 @@ class Relay:
                 bus=bus,
                 metrics=self.metrics,
                 clock=self.clock,
-                channels=[mqtt.health],
+                channels=[c.health for c in (mqtt, *backups)],
+                renderer=renderer,
+                ack_links=ack_links,
+                sms=SmsWebhooks(
+                    s.sms.auth_token.get_secret_value(), SmsReplies(engine, store, desks, self.clock, self.metrics)
+                ) if sms else None,
             ),
             s.http.host,
             s.http.port,
@@ -113,6 +186,7 @@ class Relay:
         async with asyncio.TaskGroup() as tg:
             store_task = tg.create_task(store.run(), name="store")
             mqtt_task = tg.create_task(mqtt.run(), name="mqtt")
+            backup_tasks = [tg.create_task(c.run(), name=c.name) for c in backups]
             engine_task = tg.create_task(engine.run(), name="engine")
             events_task = tg.create_task(MqttEventPublisher(bus, mqtt, topics, self.metrics).run(), name="events")
             await http.start()
@@ -126,7 +200,7 @@ class Relay:
             drained = await engine.drain(DRAIN_S)
             log.info("drained" if drained else "drain timed out: the rest stays queued on disk",
                      extra={"event": "relay_drained", "complete": drained})
-            for task in (engine_task, events_task, mqtt_task, store_task):  # the store last: it flushes
+            for task in (engine_task, events_task, *backup_tasks, mqtt_task, store_task):  # the store last
                 task.cancel()
                 await asyncio.wait([task])
         log.info("relay stopped", extra={"event": "relay_stopped"})

@@ -11,29 +11,30 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from channels.base import Channel, HealthChange, HealthState, Inbound, InboundKind, Outgoing
-from relay import escalation, render, short_code
+from channels.base import Channel, HealthChange, HealthState, Inbound, InboundKind
+from relay import escalation, short_code
 from relay.clock import Clock
-from relay.escalation import GiveUp, Policy, SendBackups, SendPrimary
+from relay.dispatch import Dispatcher
+from relay.escalation import BackupReason, GiveUp, Policy, RetryBackups, SendBackups, SendPrimary
 from relay.events import EventBus, StateEvent
 from relay.ids import new_id
 from relay.metrics import Metrics
 from relay.model import Report
 from relay.routing import Desk, route
-from relay.states import AlertState
+from relay.states import AlertState, DeliveryState
 from relay.store.base import (
     Accepted,
     AcceptOutcome,
     AckRecord,
     AckResult,
     AlertRecord,
-    AttemptOutcome,
     DeliveryRecord,
     NewAlert,
+    Schedule,
     Store,
     StoreUnavailable,
 )
@@ -41,15 +42,7 @@ from relay.topics import Topics
 
 log = logging.getLogger("relay.engine")
 
-DISPATCH_WORKERS = 64
 SCHEDULER_BATCH = 500
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    alert: AlertRecord
-    delivery: DeliveryRecord
-
 
 class AckRefused(Exception):
     """An acknowledgement that must not count; the message says why."""
@@ -71,22 +64,27 @@ class Engine:
         metrics: Metrics,
         topics: Topics,
         primary: Channel,
+        backups: Sequence[Channel] = (),
+        dispatcher: Dispatcher,
     ) -> None:
         self._store = store
         self._desks = list(desks)
+        self._desk_by_id = {d.id: d for d in desks}
         self._policy = policy
         self._clock = clock
         self._bus = bus
         self._metrics = metrics
         self._topics = topics
         self._primary = primary
-        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
-        self._in_flight: set[str] = set()  # delivery ids queued or being sent right now
+        self._backups = list(backups)
+        self._dispatcher = dispatcher
         self._poke = asyncio.Event()
         self._wake_at = math.inf  # when the scheduler will look next, unless poked
         self._primary_back = True  # at start, look for deliveries a previous run left unsent
+        self._recover_sending = True  # at start, resend what a previous run marked as being sent
         self.open_alerts = 0
-        primary.health.on_change(self._on_primary_health)
+        for channel in (primary, *backups):
+            channel.health.on_change(self._on_channel_health)
 
     # ---- intake --------------------------------------------------------------------------------------
 
@@ -113,11 +111,16 @@ class Engine:
             deliveries=deliveries,
         )
         first = escalation.plan(alert, self._policy, now, primary_up=self._primary.health.is_up)
+        schedule = first.schedule
+        if any(isinstance(a, SendBackups) for a in first.actions):
+            # flash, or the primary is down: the backup round is due now, and runs (with its own outbox commit)
+            # from the scheduler. A crash in between leaves it due, not lost.
+            schedule = Schedule(now, alert.backup_rounds, alert.last_backup_at)
         alert = replace(
             alert,
-            next_action_at=first.schedule.next_action_at,
-            backup_rounds=first.schedule.backup_rounds,
-            last_backup_at=first.schedule.last_backup_at,
+            next_action_at=schedule.next_action_at,
+            backup_rounds=schedule.backup_rounds,
+            last_backup_at=schedule.last_backup_at,
         )
         accepted = await self._store.accept(NewAlert(alert, content_digest(report), source))
         if accepted.outcome is AcceptOutcome.CREATED:
@@ -132,7 +135,9 @@ class Engine:
             )
             self._bus.publish(StateEvent.of(alert, now))
             self._due(alert.next_action_at)
-            self._act(alert, first.actions)
+            for action in first.actions:
+                if isinstance(action, SendPrimary):
+                    self._dispatcher.submit(alert, _chosen(alert, action.delivery_ids))
         return accepted
 
     # ---- receipts and acks ---------------------------------------------------------------------------
@@ -176,6 +181,23 @@ class Engine:
         if result.newly_delivered:
             self._bus.publish(StateEvent.of(result.alert, now))
 
+    async def delivery_report(self, delivery_id: str, *, delivered: bool, error: str | None = None) -> None:
+        """A provider's receipt for one delivery (an SMS status callback)."""
+        now = self._clock.now()
+        result = await self._store.delivery_report(delivery_id, now, delivered=delivered, error=error)
+        if result is None:
+            return
+        channel = delivery_id.split(".")[2] if delivery_id.count(".") >= 3 else "unknown"
+        self._metrics.deliveries.labels(channel, "delivered" if delivered else "undelivered").inc()
+        log.log(
+            logging.INFO if delivered else logging.WARNING,
+            "delivery confirmed" if delivered else "delivery failed after sending",
+            extra={"event": "delivery_delivered" if delivered else "delivery_undelivered",
+                   "alert_id": result.alert.alert_id, "delivery_id": delivery_id, "error": error},
+        )
+        if result.newly_delivered:
+            self._bus.publish(StateEvent.of(result.alert, now))
+
     async def acknowledge(self, alert_id: str, desk_id: str, channel: str, by: str) -> AckResult:
         """Record a person's ack from a desk the alert was sent to; the first one closes the alert."""
         alert = await self._store.get_alert(alert_id)
@@ -210,20 +232,14 @@ class Engine:
     async def run(self) -> None:
         self.open_alerts = await self._store.count_open()
         async with asyncio.TaskGroup() as tg:
-            for _ in range(DISPATCH_WORKERS):
-                tg.create_task(self._dispatch_worker())
+            tg.create_task(self._dispatcher.run())
             tg.create_task(self._scheduler())
 
     async def drain(self, within_s: float) -> bool:
-        """Wait until every queued send finished, at most `within_s` seconds; False if some did not."""
-        try:
-            async with asyncio.timeout(within_s):
-                await self._jobs.join()
-        except TimeoutError:
-            return False
-        return True
+        """Wait until every send handed over finished, at most `within_s` seconds; False if some did not."""
+        return await self._dispatcher.drain(within_s)
 
-    def _on_primary_health(self, change: HealthChange) -> None:
+    def _on_channel_health(self, change: HealthChange) -> None:
         up = change.state is not HealthState.DOWN
         self._metrics.channel_up.labels(change.channel).set(1 if up else 0)
         log.log(
@@ -231,7 +247,7 @@ class Engine:
             f"channel {change.state.value}",
             extra={"event": f"channel_{change.state.value}", "channel": change.channel, "detail": change.detail},
         )
-        if change.state is HealthState.UP:
+        if change.channel == self._primary.name and change.state is HealthState.UP:
             self._primary_back = True
             self._poke.set()
 
@@ -263,6 +279,10 @@ class Engine:
             self._poke.set()
 
     async def _run_due(self) -> None:
+        if self._recover_sending:
+            for alert in await self._store.alerts_with_sending(limit=100_000):
+                self._dispatcher.submit(alert, [d for d in alert.deliveries if d.state is DeliveryState.SENDING])
+            self._recover_sending = False
         if self._primary_back and self._primary.health.is_up:
             self._primary_back = False
             try:
@@ -278,34 +298,67 @@ class Engine:
             if len(due) < SCHEDULER_BATCH:
                 return
 
-    async def _replan(self, alert_id: str) -> None:
+    async def replan(self, alert_id: str) -> None:
+        """Look at one alert again now (a send failed: fail over, or retry later)."""
         alert = await self._store.get_alert(alert_id)
         if alert is not None:
             await self._follow_plan(alert)
 
     async def _follow_plan(self, alert: AlertRecord) -> None:
         now = self._clock.now()
-        p = escalation.plan(alert, self._policy, now, primary_up=self._primary.health.is_up)
+        primary_up = self._primary.health.is_up
+        p = escalation.plan(alert, self._policy, now, primary_up=primary_up)
         if any(isinstance(a, GiveUp) for a in p.actions):
             await self._give_up(alert, now)
             return
-        current = (alert.next_action_at, alert.backup_rounds, alert.last_backup_at)
-        if current != (p.schedule.next_action_at, p.schedule.backup_rounds, p.schedule.last_backup_at):
+        round_ = next((a for a in p.actions if isinstance(a, SendBackups)), None)
+        if round_ is not None:
+            await self._backup_round(alert, round_.reason, p.schedule, now, primary_up)
+        elif (alert.next_action_at, alert.backup_rounds, alert.last_backup_at) != (
+            p.schedule.next_action_at, p.schedule.backup_rounds, p.schedule.last_backup_at,
+        ):
             await self._store.save_schedule(alert.alert_id, p.schedule)
-            self._due(p.schedule.next_action_at)
-        self._act(alert, p.actions)
-
-    def _act(self, alert: AlertRecord, actions: Sequence[escalation.Action]) -> None:
-        for action in actions:
+        self._due(p.schedule.next_action_at)
+        for action in p.actions:
             if isinstance(action, SendPrimary):
-                wanted = set(action.delivery_ids)
-                for d in alert.deliveries:
-                    if d.delivery_id in wanted and d.delivery_id not in self._in_flight:
-                        self._in_flight.add(d.delivery_id)
-                        self._jobs.put_nowait(_Job(alert, d))
-            elif isinstance(action, SendBackups):
-                # Backup channels (SMS, e-mail) plug in here; with none configured the policy never asks.
-                log.warning("backup round planned without backup channels", extra={"alert_id": alert.alert_id})
+                self._dispatcher.submit(alert, _chosen(alert, action.delivery_ids))
+            elif isinstance(action, RetryBackups):
+                for d in _chosen(alert, action.delivery_ids):
+                    started = await self._store.start_attempt(d.delivery_id, now)
+                    if started is not None:
+                        self._dispatcher.submit(alert, [started])
+
+    async def _backup_round(
+        self, alert: AlertRecord, reason: BackupReason, schedule: Schedule, now: float, primary_up: bool
+    ) -> None:
+        """One round to every backup target of every routed desk, stored (outbox) before anything is sent."""
+        to_send = await self._store.start_backup_round(alert.alert_id, schedule, self._backup_deliveries(alert), now)
+        if to_send is None:
+            return  # acknowledged meanwhile
+        self._metrics.backup_rounds.labels(reason.value).inc()
+        if reason is BackupReason.FAILOVER:
+            self._metrics.failovers.labels("publish_failed" if primary_up else "primary_down").inc()
+        log.warning(
+            "backup round",
+            extra={"event": "backup_round", "alert_id": alert.alert_id, "reason": reason.value,
+                   "round": schedule.backup_rounds, "sends": len(to_send)},
+        )
+        self._dispatcher.submit(alert, to_send)
+
+    def _backup_deliveries(self, alert: AlertRecord) -> list[DeliveryRecord]:
+        wanted = []
+        for desk_id in alert.desks:
+            desk = self._desk_by_id.get(desk_id)
+            if desk is None:
+                continue  # a desk removed from the config since: nothing to send it
+            for channel in self._backups:
+                targets = desk.sms if channel.name == "sms" else desk.email
+                wanted += [
+                    DeliveryRecord(f"{alert.alert_id}.{desk_id}.{channel.name}.{n}", alert.alert_id, desk_id,
+                                   channel.name, target)
+                    for n, target in enumerate(targets)
+                ]
+        return wanted
 
     async def _give_up(self, alert: AlertRecord, now: float) -> None:
         closed = await self._store.give_up(alert.alert_id, now)
@@ -319,50 +372,10 @@ class Engine:
         )
         self._bus.publish(StateEvent.of(closed, now))
 
-    # ---- sending -------------------------------------------------------------------------------------
 
-    async def _dispatch_worker(self) -> None:
-        while True:
-            job = await self._jobs.get()
-            try:
-                await self._send_primary(job.alert, job.delivery)
-            except StoreUnavailable as exc:
-                log.error(
-                    "store unavailable: delivery outcome not recorded",
-                    extra={"event": "delivery_unrecorded", "alert_id": job.alert.alert_id, "error": str(exc)},
-                )
-            finally:
-                self._in_flight.discard(job.delivery.delivery_id)
-                self._jobs.task_done()
-
-    async def _send_primary(self, alert: AlertRecord, d: DeliveryRecord) -> None:
-        msg = Outgoing(
-            key=alert.alert_id,
-            target=d.target,
-            body=render.mqtt_alert(alert, d.desk_id, self._topics.acks(d.desk_id)),
-            expiry_s=int(self._policy.give_up_s),
-        )
-        result = await self._primary.send(msg)
-        now = self._clock.now()
-        ctx = {"alert_id": alert.alert_id, "desk_id": d.desk_id, "channel": d.channel, "target": d.target}
-        if result.ok:
-            await self._store.finish_attempt(d.delivery_id, AttemptOutcome.SENT, now)
-            latency = max(0.0, now - alert.created_at)
-            self._metrics.delivery_seconds.labels(d.channel).observe(latency)
-            self._metrics.deliveries.labels(d.channel, "sent").inc()
-            log.info("delivery sent", extra={"event": "delivery_sent", **ctx, "latency_s": round(latency, 4)})
-            return
-        reason = result.reason.value if result.reason else "unknown"
-        outcome = AttemptOutcome.FAILED if result.permanent else AttemptOutcome.RETRY
-        await self._store.finish_attempt(d.delivery_id, outcome, now, error=f"{reason}: {result.detail}")
-        self._metrics.deliveries.labels(d.channel, reason).inc()
-        log.warning(
-            "delivery failed",
-            extra={"event": "delivery_failed", **ctx, "reason": reason, "detail": result.detail,
-                   "permanent": result.permanent},
-        )
-        self._in_flight.discard(d.delivery_id)
-        await self._replan(alert.alert_id)  # failover at once, or a retry later
+def _chosen(alert: AlertRecord, delivery_ids: Sequence[str]) -> list[DeliveryRecord]:
+    wanted = set(delivery_ids)
+    return [d for d in alert.deliveries if d.delivery_id in wanted]
 
 
 def content_digest(report: Report) -> str:

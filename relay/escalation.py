@@ -45,11 +45,18 @@ class SendBackups:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryBackups:
+    """Backup deliveries whose last try failed for a passing reason (SMTP down, Twilio 5xx): try again."""
+
+    delivery_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GiveUp:
     pass
 
 
-Action = SendPrimary | SendBackups | GiveUp
+Action = SendPrimary | SendBackups | RetryBackups | GiveUp
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,12 @@ def plan(alert: AlertRecord, policy: Policy, now: float, *, primary_up: bool) ->
         due.extend(_retry_at(d, policy) for d in unsent if d not in ready)
 
     if policy.backups:
+        failed_backups = [
+            d for d in alert.deliveries
+            if d.channel in policy.backups and d.state is DeliveryState.QUEUED and d.attempts > 0
+        ]
+        retry_now = [d for d in failed_backups if _retry_at(d, policy) <= now]
+        due.extend(_retry_at(d, policy) for d in failed_backups if d not in retry_now)
         if rounds == 0:
             # a publish that was tried and did not reach the broker, or failed for good
             primary_failed = any(d.attempts > 0 for d in unsent) or any(
@@ -92,9 +105,11 @@ def plan(alert: AlertRecord, policy: Policy, now: float, *, primary_up: bool) ->
         else:
             backup_at, reason = (last_backup or alert.created_at) + policy.repeat_s, BackupReason.REPEAT
         if backup_at <= now:
-            actions.append(SendBackups(reason))
+            actions.append(SendBackups(reason))  # a round re-arms every backup delivery, the failed ones too
             rounds, last_backup = rounds + 1, now
             backup_at = now + policy.repeat_s
+        elif retry_now:
+            actions.append(RetryBackups(tuple(d.delivery_id for d in retry_now)))
         due.append(backup_at)
 
     return Plan(tuple(actions), Schedule(min(due), rounds, last_backup))

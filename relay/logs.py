@@ -36,3 +36,4 @@ def configure(level: str) -> None:
     # paho logs every packet at debug and its own view of disconnects at warning; the channel reports those.
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("twilio").setLevel(logging.WARNING)  # it logs every request at info

@@ -34,6 +34,25 @@ class Metrics:
         self.failovers = Counter("relay_failovers", "Backups fired because the primary failed", ["reason"], registry=r)
         self.channel_up = Gauge("relay_channel_up", "1 while the channel is up (degraded counts as up)", ["channel"],
                                 registry=r)
+        self.channel_last_success = Gauge(
+            "relay_channel_last_success_timestamp_seconds", "When the channel last accepted a message",
+            ["channel"], registry=r,
+        )
+        self.channel_send_seconds = Histogram(
+            "relay_channel_send_seconds", "One send call to the channel's provider, retries included",
+            ["channel"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.backup_rounds = Counter(
+            "relay_backup_rounds", "Rounds of backup sends, by why they fired (flash, failover, ack_timeout, repeat)",
+            ["reason"], registry=r,
+        )
+        self.sms_status = Counter(
+            "relay_sms_status_callbacks", "Twilio status callbacks by the status they report", ["status"], registry=r,
+        )
+        self.webhooks_rejected = Counter(
+            "relay_webhooks_rejected", "Webhook calls refused (bad signature and the like)", ["webhook", "reason"],
+            registry=r,
+        )
         self.alerts_open = Gauge("relay_alerts_open", "Alerts neither acknowledged nor given up", registry=r)
         self.unacknowledged = Counter(
             "relay_alerts_unacknowledged", "Alerts given up without any acknowledgement", registry=r

@@ -1,13 +1,56 @@
-"""One place that turns an alert into what each channel carries. Only what the relay rendered leaves it:
-never the caller's data, never fields the operator's system sent that the contract does not know."""
+"""One place that turns an alert into what each channel carries, in Russian for the dispatcher.
+
+Only what the relay rendered leaves it: never the caller's phone or name, never a field the contract does not
+know. Templates can be replaced from config (`[templates]`); the fields they may use are `FIELDS`.
+"""
 
 from __future__ import annotations
 
+import html
 import json
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from relay.clock import to_datetime
 from relay.store.base import AlertRecord
+
+# Cyrillic forces UCS-2: 70 characters in one SMS, 67 per segment once split. Two segments arrive together
+# on every handset and cost two messages; a third often arrives later or out of order.
+SMS_LIMIT = 134
+
+UAV_TYPES = {
+    "fixed_wing": "самолётного типа", "multirotor": "мультикоптер", "helicopter": "вертолётного типа",
+    "missile_like": "ракетоподобный", "unknown": "тип неизвестен",
+}
+UAV_TYPES_SHORT = {
+    "fixed_wing": "самол.", "multirotor": "коптер", "helicopter": "верт.", "missile_like": "ракетопод.",
+    "unknown": "тип?",
+}
+ALTITUDES = {"low": "низко", "medium": "средняя высота", "high": "высоко", "unknown": ""}
+MOVEMENTS = {"transit": "пролёт", "hovering": "зависает", "circling": "кружит", "erratic": "хаотично",
+             "unknown": ""}
+SPEEDS = {"slow": "медленно", "fast": "быстро", "unknown": ""}
+SOUNDS = {"piston": "звук мотора (мопед)", "electric": "жужжание", "jet": "реактивный гул", "none": "без звука",
+          "unknown": ""}
+PERCEPTIONS = {"seen": "видели", "heard": "слышали", "seen_and_heard": "видели и слышали", "unknown": ""}
+STATUS_MARKS = {"actual": "", "exercise": "УЧЕНИЯ! ", "test": "ТЕСТ! "}
+PRIORITY_MARKS = {"flash": "СРОЧНО! ", "immediate": "", "routine": ""}
+COMPASS = ["С", "СВ", "В", "ЮВ", "Ю", "ЮЗ", "З", "СЗ"]
+
+# The fields a template may use ({name}).
+FIELDS = (
+    "mark", "time", "date", "place", "type", "type_short", "count", "heading", "altitude", "movement", "code",
+    "report_id", "alert_id", "lat", "lon", "district", "address", "notes", "stale", "ack_url",
+)
+
+DEFAULT_TEMPLATES = {
+    "sms": "{mark}БПЛА {time} {place}: {type_short} x{count}{heading}{altitude}. Код {code}, ответьте им",
+    "email_subject": "{mark}[БПЛА] {code}: {type}, {place}, {time}",
+}
 
 
 def public_report(alert: AlertRecord) -> dict[str, Any]:
@@ -31,3 +74,160 @@ def mqtt_alert(alert: AlertRecord, desk_id: str, ack_topic: str) -> bytes:
         "stale": alert.stale,
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def check_template(name: str, template: str) -> None:
+    """ValueError naming the problem if `template` uses a field that does not exist or is malformed."""
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"not a valid template: {exc}") from None
+    unknown = sorted(f for f in used if f not in FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field {', '.join(unknown)} (fields: {', '.join(FIELDS)})")
+
+
+@dataclass(frozen=True, slots=True)
+class Renderer:
+    timezone: ZoneInfo
+    templates: Mapping[str, str]
+
+    # ---- fields ---------------------------------------------------------------------------------------
+
+    def fields(self, alert: AlertRecord, ack_url: str = "") -> dict[str, str]:
+        r = alert.report
+        loc = r.get("location", {})
+        seen = self._local(r.get("observed_at"))
+        heading = r.get("heading_deg")
+        alt = ALTITUDES.get(r.get("altitude", "unknown"), "")
+        if r.get("altitude_m") is not None:
+            alt = f"~{r['altitude_m']} м" if not alt else f"{alt} (~{r['altitude_m']} м)"
+        return {
+            "mark": STATUS_MARKS.get(r.get("status", "actual"), "") + PRIORITY_MARKS.get(alert.priority, ""),
+            "time": seen.strftime("%H:%M") if seen else "",
+            "date": seen.strftime("%d.%m.%Y") if seen else "",
+            "place": place(loc),
+            "type": UAV_TYPES.get(r.get("uav_type", "unknown"), ""),
+            "type_short": UAV_TYPES_SHORT.get(r.get("uav_type", "unknown"), ""),
+            "count": str(r.get("count", 1)),
+            "heading": f", курс {COMPASS[round(heading / 45) % 8]}" if heading is not None else "",
+            "altitude": f", {alt}" if alt else "",
+            "movement": MOVEMENTS.get(r.get("movement", "unknown"), ""),
+            "code": alert.short_code,
+            "report_id": alert.report_id,
+            "alert_id": alert.alert_id,
+            "lat": f"{loc.get('lat', 0):.5f}",
+            "lon": f"{loc.get('lon', 0):.5f}",
+            "district": loc.get("district") or "",
+            "address": loc.get("address") or "",
+            "notes": r.get("notes") or "",
+            "stale": "наблюдение устарело (более 10 мин)" if alert.stale else "",
+            "ack_url": ack_url,
+        }
+
+    def _local(self, observed_at: str | None) -> datetime | None:
+        if not observed_at:
+            return None
+        return datetime.fromisoformat(observed_at).astimezone(self.timezone)
+
+    # ---- SMS ------------------------------------------------------------------------------------------
+
+    def sms(self, alert: AlertRecord) -> str:
+        """At most SMS_LIMIT characters: the place is shortened first, then the whole text."""
+        f = self.fields(alert)
+        template = self.templates.get("sms", DEFAULT_TEMPLATES["sms"])
+        text = template.format(**f)
+        if len(text) > SMS_LIMIT and f["place"]:
+            room = len(f["place"]) - (len(text) - SMS_LIMIT)
+            f["place"] = _shorten(f["place"], max(8, room))
+            text = template.format(**f)
+        return _shorten(text, SMS_LIMIT)
+
+    def sms_batches(self, alerts: Sequence[AlertRecord]) -> list[tuple[str, list[AlertRecord]]]:
+        """Alerts for one phone as SMS texts of at most SMS_LIMIT, each with the alerts it carries."""
+        if len(alerts) == 1:
+            return [(self.sms(alerts[0]), [alerts[0]])]
+        batches: list[tuple[str, list[AlertRecord]]] = []
+        items: list[str] = []
+        carried: list[AlertRecord] = []
+        for a in alerts:
+            f = self.fields(a)
+            item = f"{a.short_code} {f['time']} {_shorten(f['place'], 16)} {f['type_short']} x{f['count']}"
+            if items and len(_bundle_text([*items, item], len(alerts))) > SMS_LIMIT:
+                batches.append((_bundle_text(items, len(alerts)), carried))
+                items, carried = [], []
+            items.append(item)
+            carried.append(a)
+        batches.append((_shorten(_bundle_text(items, len(alerts)), SMS_LIMIT), carried))
+        return batches
+
+    # ---- e-mail ---------------------------------------------------------------------------------------
+
+    def email_subject(self, alert: AlertRecord) -> str:
+        return self.templates.get("email_subject", DEFAULT_TEMPLATES["email_subject"]).format(**self.fields(alert))
+
+    def email_text(self, alert: AlertRecord, ack_url: str) -> str:
+        if "email_text" in self.templates:
+            return self.templates["email_text"].format(**self.fields(alert, ack_url))
+        lines = [f"{label}: {value}" for label, value in self.report_lines(alert)]
+        return "\n".join([
+            f"{self.fields(alert)['mark']}Сообщение о БПЛА, код {alert.short_code}", "", *lines, "",
+            f"Подтвердите получение: {ack_url}",
+            f"или ответьте на SMS кодом {alert.short_code}, или в консоли дежурного.",
+            "", f"Тревога {alert.alert_id}, сообщение оператора 112 {alert.report_id}.",
+        ])
+
+    def email_html(self, alert: AlertRecord, ack_url: str) -> str:
+        rows = "".join(
+            f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            for k, v in self.report_lines(alert)
+        )
+        mark = html.escape(self.fields(alert)["mark"])
+        code = html.escape(alert.short_code)
+        url = html.escape(ack_url, quote=True)
+        return (
+            "<!doctype html><html lang='ru'><meta charset='utf-8'><body>"
+            f"<h2>{mark}Сообщение о БПЛА, код {code}</h2><table>{rows}</table>"
+            f"<p><a href='{url}'>Подтвердить получение</a> (откроется страница с кнопкой «Подтвердить»)</p>"
+            f"<p>Или ответьте на SMS кодом <b>{code}</b>.</p>"
+            f"<p style='color:#666'>Тревога {html.escape(alert.alert_id)}, сообщение оператора 112 "
+            f"{html.escape(alert.report_id)}.</p></body></html>"
+        )
+
+    def report_lines(self, alert: AlertRecord) -> list[tuple[str, str]]:
+        """The whole report (without the caller), as label/value pairs, for e-mail and the ack page."""
+        r, f = alert.report, self.fields(alert)
+        loc = r.get("location", {})
+        lines = [
+            ("Время наблюдения", f"{f['date']} {f['time']}".strip()),
+            ("Место", f["place"]),
+            ("Координаты", f"{f['lat']}, {f['lon']}" + (f" (±{loc['accuracy_m']:g} м)" if loc.get("accuracy_m")
+                                                       else "")),
+            ("Адрес", f["address"]),
+            ("Тип", f["type"]),
+            ("Количество", f["count"]),
+            ("Курс (куда летит)", f"{r['heading_deg']}° ({COMPASS[round(r['heading_deg'] / 45) % 8]})"
+             if r.get("heading_deg") is not None else ""),
+            ("Пеленг от наблюдателя", f"{r['bearing_deg']}°" if r.get("bearing_deg") is not None else ""),
+            ("Движение", f["movement"]),
+            ("Высота", f["altitude"].removeprefix(", ")),
+            ("Скорость", SPEEDS.get(r.get("speed", "unknown"), "")),
+            ("Звук", SOUNDS.get(r.get("sound", "unknown"), "")),
+            ("Как обнаружен", PERCEPTIONS.get(r.get("perception", "unknown"), "")),
+            ("Примечания", f["notes"]),
+            ("Внимание", f["stale"]),
+        ]
+        return [(k, v) for k, v in lines if v]
+
+
+def place(loc: Mapping[str, Any]) -> str:
+    """District, else address, else the coordinates: what a dispatcher can find on a map fastest."""
+    return str(loc.get("district") or loc.get("address") or f"{loc.get('lat', 0):.3f},{loc.get('lon', 0):.3f}")
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _bundle_text(items: Sequence[str], total: int) -> str:
+    return f"БПЛА, {total} трев.: " + "; ".join(items) + ". Ответьте кодами"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from channels.base import ChannelHealth
+from relay.ack_links import AckLinkSigner
 from relay.auth import Authenticator
 from relay.clock import Clock
 from relay.engine import Engine
@@ -16,7 +17,15 @@ from relay.events import EventBus
 from relay.intake import Intake
 from relay.metrics import Metrics
 from relay.ratelimit import RateLimiter
+from relay.render import Renderer
+from relay.sms_replies import SmsReplies
 from relay.store.base import Store
+
+
+@dataclass(frozen=True)
+class SmsWebhooks:
+    auth_token: str  # Twilio signs its webhooks with the account's auth token
+    replies: SmsReplies
 
 
 @dataclass
@@ -31,6 +40,9 @@ class ApiContext:
     metrics: Metrics
     clock: Clock
     channels: Sequence[ChannelHealth]
+    renderer: Renderer
+    ack_links: AckLinkSigner
+    sms: SmsWebhooks | None = None
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 
 

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from relay.api import alerts, ops, reports, stream
+from relay.api import ack_page, alerts, ops, reports, stream, webhooks
 from relay.api.context import CONTEXT, ApiContext
 from relay.api.errors import error_middleware
 from relay.api.openapi import openapi
@@ -30,6 +30,10 @@ def build_app(ctx: ApiContext) -> web.Application:
         web.get("/api/v1/alerts/{alert_id}/history", alerts.alert_history),
         web.get("/api/v1/events", stream.events),
         web.get("/api/v1/openapi.json", openapi),
+        web.post("/webhooks/twilio/sms", webhooks.inbound_sms),
+        web.post("/webhooks/twilio/status", webhooks.sms_status),
+        web.get("/ack/{token}", ack_page.show),
+        web.post("/ack/{token}", ack_page.confirm),
         web.get("/healthz", ops.healthz),
         web.get("/readyz", ops.readyz),
         web.get("/metrics", ops.metrics),

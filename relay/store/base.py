@@ -82,6 +82,7 @@ class AttemptOutcome(enum.StrEnum):
     SENT = "sent"
     RETRY = "retry"  # transient failure: back to queued
     FAILED = "failed"  # permanent failure
+    CANCELLED = "cancelled"  # not sent: the alert was closed before it went out
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,30 @@ class Store(Protocol):
     async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
         """Open alerts that still have a delivery on `channel` that never reached it."""
         ...
+
+    async def start_backup_round(
+        self, alert_id: str, schedule: Schedule, deliveries: Sequence[DeliveryRecord], at: float
+    ) -> list[DeliveryRecord] | None:
+        """Atomically: store the schedule, create the round's deliveries that do not exist yet, and mark every
+        one worth sending as SENDING (the outbox step). Returns those; None if the alert is no longer open.
+        SMS to a phone that replied STOP is marked failed instead."""
+        ...
+
+    async def delivery_report(
+        self, delivery_id: str, at: float, *, delivered: bool, error: str | None = None
+    ) -> ReceiptResult | None:
+        """A provider's word on one delivery (an SMS status callback): delivered, or failed with why."""
+        ...
+
+    async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
+        """Open alerts with a delivery marked SENDING: after a restart, sends that may not have gone out."""
+        ...
+
+    async def find_by_code(self, code: str, now: float) -> AlertRecord | None:
+        """The open alert holding this short code; else the latest one given up within the last day."""
+        ...
+
+    async def set_sms_opt_out(self, phone: str, opted_out: bool, at: float) -> None: ...
 
     async def add_event(self, event: EventRecord) -> None: ...
 

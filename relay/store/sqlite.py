@@ -281,6 +281,44 @@ class SQLiteStore:
     async def record_ack(self, ack: AckRecord) -> AckResult | None:
         return await self._write(functools.partial(_op_record_ack, ack=ack))
 
+    async def start_backup_round(
+        self, alert_id: str, schedule: Schedule, deliveries: Sequence[DeliveryRecord], at: float
+    ) -> list[DeliveryRecord] | None:
+        return await self._write(functools.partial(
+            _op_start_backup_round, alert_id=alert_id, schedule=schedule, deliveries=list(deliveries), at=at
+        ))
+
+    async def delivery_report(
+        self, delivery_id: str, at: float, *, delivered: bool, error: str | None = None
+    ) -> ReceiptResult | None:
+        return await self._write(
+            functools.partial(_op_delivery_report, delivery_id=delivery_id, at=at, delivered=delivered, error=error),
+            durable=False,
+        )
+
+    async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
+        conn = self._read()
+        rows = conn.execute(
+            f"SELECT {_ALERT_COLS} FROM alerts WHERE state IN {_OPEN_SQL} AND alert_id IN "  # noqa: S608
+            "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return _hydrate(conn, rows)
+
+    async def find_by_code(self, code: str, now: float) -> AlertRecord | None:
+        conn = self._read()
+        row = conn.execute(
+            f"SELECT alert_id FROM alerts WHERE short_code = ? AND state IN {_OPEN_SQL}", (code,)  # noqa: S608
+        ).fetchone() or conn.execute(
+            "SELECT alert_id FROM alerts WHERE short_code = ? AND state = 'unacknowledged' AND closed_at > ? "
+            "ORDER BY alert_id DESC LIMIT 1",
+            (code, now - 86400),
+        ).fetchone()
+        return None if row is None else _read_alert(conn, row[0])
+
+    async def set_sms_opt_out(self, phone: str, opted_out: bool, at: float) -> None:
+        await self._write(functools.partial(_op_set_opt_out, phone=phone, opted_out=opted_out, at=at))
+
     # ---- history and health --------------------------------------------------------------------------
 
     async def add_event(self, event: EventRecord) -> None:
@@ -414,7 +452,7 @@ def _op_finish_attempt(
         new = replace(d, state=DeliveryState.SENT, sent_at=at, error=None)
     elif outcome is AttemptOutcome.FAILED:
         new = replace(d, state=DeliveryState.FAILED, error=error, permanent=True)
-    elif alert_state in OPEN_ALERT_STATES:
+    elif alert_state in OPEN_ALERT_STATES and outcome is AttemptOutcome.RETRY:
         new = replace(d, state=DeliveryState.QUEUED, error=error)
     else:
         new = replace(d, state=DeliveryState.CANCELLED, error=error)
@@ -433,12 +471,15 @@ _PATH_TO_DELIVERED: dict[DeliveryState, tuple[DeliveryState, ...]] = {
 
 
 def _op_mark_delivered(
-    conn: sqlite3.Connection, alert_id: str, desk_id: str, channel: str, at: float
+    conn: sqlite3.Connection, alert_id: str, desk_id: str, channel: str, at: float, target: str | None = None
 ) -> ReceiptResult | None:
-    rows = conn.execute(
-        f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND desk_id = ? AND channel = ?",  # noqa: S608
-        (alert_id, desk_id, channel),
-    ).fetchall()
+    rows = [
+        r for r in conn.execute(
+            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND desk_id = ? AND channel = ?",  # noqa: S608
+            (alert_id, desk_id, channel),
+        )
+        if target is None or r[4] == target
+    ]
     if not rows:
         return None
     for row in rows:
@@ -494,6 +535,58 @@ def _cancel_queued(conn: sqlite3.Connection, alert_id: str, at: float) -> int:
         (at, alert_id),
     )
     return cur.rowcount
+
+
+def _op_start_backup_round(
+    conn: sqlite3.Connection, alert_id: str, schedule: Schedule, deliveries: list[DeliveryRecord], at: float
+) -> list[DeliveryRecord] | None:
+    state = conn.execute("SELECT state FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
+    if state is None or AlertState(state[0]) not in OPEN_ALERT_STATES:
+        return None
+    _op_save_schedule(conn, alert_id, schedule)
+    existing = {
+        r[0]: _delivery(r)
+        for r in conn.execute(f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ?", (alert_id,))  # noqa: S608
+    }
+    opted_out = {r[0] for r in conn.execute("SELECT phone FROM sms_opt_outs")}
+    to_send = []
+    for wanted in deliveries:
+        d = existing.get(wanted.delivery_id)
+        if d is None:
+            _op_add_deliveries(conn, [wanted], at)
+            d = wanted
+        if d.permanent or not delivery_may(d.state, DeliveryState.SENDING):
+            continue  # a bad number stays failed; one still being sent is not sent twice
+        if d.channel == "sms" and d.target in opted_out:
+            check_delivery(d.state, DeliveryState.SENDING)
+            _update_delivery(conn, replace(d, state=DeliveryState.FAILED, permanent=True, attempted_at=at,
+                                           error="rejected: the phone replied STOP; START re-enables it"), at)
+            continue
+        check_delivery(d.state, DeliveryState.SENDING)
+        to_send.append(_update_delivery(conn, replace(d, state=DeliveryState.SENDING, attempts=d.attempts + 1), at))
+    return to_send
+
+
+def _op_delivery_report(
+    conn: sqlite3.Connection, delivery_id: str, at: float, delivered: bool, error: str | None
+) -> ReceiptResult | None:
+    row = conn.execute(f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()  # noqa: S608
+    if row is None:
+        return None
+    d = _delivery(row)
+    if delivered:
+        return _op_mark_delivered(conn, d.alert_id, d.desk_id, d.channel, at, target=d.target)
+    if delivery_may(d.state, DeliveryState.FAILED):  # a late "failed" after "delivered" changes nothing
+        _update_delivery(conn, replace(d, state=DeliveryState.FAILED, error=error), at)
+    alert = _read_alert(conn, d.alert_id, full=False)
+    return None if alert is None else ReceiptResult(alert, newly_delivered=False)
+
+
+def _op_set_opt_out(conn: sqlite3.Connection, phone: str, opted_out: bool, at: float) -> None:
+    if opted_out:
+        conn.execute("INSERT OR REPLACE INTO sms_opt_outs (phone, at) VALUES (?, ?)", (phone, at))
+    else:
+        conn.execute("DELETE FROM sms_opt_outs WHERE phone = ?", (phone,))
 
 
 def _op_save_schedule(conn: sqlite3.Connection, alert_id: str, schedule: Schedule) -> None:

@@ -79,6 +79,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
     INSERT INTO heartbeat VALUES (1, 0);
     """,
+    # 2: phones that replied STOP get no SMS until they reply START
+    """
+    CREATE TABLE sms_opt_outs (
+        phone TEXT PRIMARY KEY,
+        at    REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

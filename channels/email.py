@@ -1,0 +1,147 @@
+"""E-mail over SMTP with aiosmtplib: one message per address, plain text and HTML, STARTTLS/TLS and login.
+
+A connection per send: backup e-mail is rare, and servers drop idle sessions anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+import aiosmtplib
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
+from channels.breaker import CircuitBreaker
+
+log = logging.getLogger("channels.email")
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str
+    port: int
+    from_address: str
+    starttls: bool = False  # upgrade a plain connection (587); required when set
+    tls: bool = False  # implicit TLS (465)
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None  # a private CA for the server's certificate
+    timeout_s: float = 10.0  # each SMTP operation
+    send_budget_s: float = 20.0  # the whole send, retries included
+    attempts: int = 3
+
+
+class _Transient(Exception):
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class SmtpEmailChannel:
+    name = "email"
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._cfg = settings
+        self.health = ChannelHealth(self.name)
+        self.health.set(HealthState.UP, "no send yet")
+        self.breaker = CircuitBreaker(self.health)
+        self._tls_context: ssl.SSLContext | None = None
+
+    async def run(self) -> None:
+        if self._cfg.ca_file:  # loading certificates reads files: done once, here, not on every send
+            self._tls_context = await asyncio.to_thread(ssl.create_default_context, cafile=self._cfg.ca_file)
+        await asyncio.Event().wait()
+
+    async def send(self, msg: Outgoing) -> SendResult:
+        if not self.breaker.allow():
+            return SendResult.failed(FailureReason.UNREACHABLE, f"circuit open: {self.health.detail}")
+        message = self._message(msg)
+        try:
+            async with asyncio.timeout(self._cfg.send_budget_s):
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+                    wait=wait_exponential_jitter(multiplier=0.5, max=4.0, jitter=0.5),
+                    stop=stop_after_attempt(self._cfg.attempts) | stop_before_delay(self._cfg.send_budget_s),
+                    before_sleep=self._before_retry,
+                    reraise=True,
+                ):
+                    with attempt:
+                        await self._deliver(message)
+        except TimeoutError:
+            self.breaker.failed("no send within the budget")
+            return SendResult.failed(FailureReason.TIMEOUT, f"SMTP send took over {self._cfg.send_budget_s} s")
+        except _Transient as exc:
+            self.breaker.failed(str(exc))
+            return SendResult.failed(exc.reason, str(exc))
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            self.breaker.failed(f"login refused ({exc.code})")
+            return SendResult.failed(FailureReason.AUTH, f"smtp {exc.code}: login refused", permanent=True)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            self.breaker.failed("recipient refused", provider_fault=False)
+            codes = ", ".join(str(r.code) for r in exc.recipients)
+            return SendResult.failed(FailureReason.REJECTED, f"smtp {codes}: recipient refused", permanent=True)
+        except aiosmtplib.SMTPResponseException as exc:
+            self.breaker.failed(f"{exc.code} {exc.message}")
+            return SendResult.failed(FailureReason.REJECTED, f"smtp {exc.code}: {exc.message}", permanent=True)
+        self.breaker.succeeded()
+        return SendResult.accepted(provider_ref=message["Message-ID"])
+
+    def _message(self, msg: Outgoing) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = self._cfg.from_address
+        message["To"] = msg.target
+        message["Subject"] = msg.subject
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=self._cfg.from_address.rpartition("@")[2] or None)
+        message["X-Relay-Key"] = msg.key
+        message.set_content(msg.body.decode(), charset="utf-8")
+        if msg.html:
+            message.add_alternative(msg.html, subtype="html", charset="utf-8")
+        return message
+
+    async def _deliver(self, message: EmailMessage) -> None:
+        cfg = self._cfg
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=cfg.host,
+                port=cfg.port,
+                username=cfg.username,
+                password=cfg.password,
+                use_tls=cfg.tls,
+                start_tls=cfg.starttls,  # True: required (no silent downgrade); False: never
+                tls_context=self._tls_context,
+                timeout=cfg.timeout_s,
+            )
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            raise _Transient(FailureReason.UNREACHABLE, f"SMTP server unreachable: {exc}") from None
+        except aiosmtplib.SMTPTimeoutError as exc:
+            raise _Transient(FailureReason.TIMEOUT, f"SMTP timeout: {exc}") from None
+        except ssl.SSLError as exc:  # aiosmtplib lets certificate failures through as they are
+            raise _Transient(FailureReason.UNREACHABLE, f"TLS with the SMTP server failed: {exc}") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            if 400 <= exc.code < 500 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+                raise _Transient(FailureReason.RATE_LIMITED, f"SMTP {exc.code}: {exc.message}") from None
+            raise
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            if all(400 <= r.code < 500 for r in exc.recipients):  # greylisting, mailbox busy
+                raise _Transient(FailureReason.RATE_LIMITED, "recipient deferred (4xx)") from None
+            raise
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.breaker.retrying(str(exc))
+        log.warning("e-mail send failed, retrying", extra={"event": "email_retry", "attempt": state.attempt_number,
+                                                           "error": str(exc)})

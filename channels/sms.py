@@ -1,0 +1,239 @@
+"""SMS through Twilio's REST API, with the official client in its asyncio form.
+
+Everything Twilio-specific is here: the send and how its errors are sorted, the signature on its webhooks, and
+what its status callbacks and inbound messages mean. The relay sees `SendResult`, `StatusReport`, `InboundSms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+from twilio.twiml.messaging_response import MessagingResponse
+
+from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
+from channels.breaker import CircuitBreaker
+
+log = logging.getLogger("channels.sms")
+
+# Errors that are about the message or the number, not about Twilio: no retry will help, and they say
+# nothing about the provider's health. https://www.twilio.com/docs/api/errors
+PERMANENT_CODES = {
+    21211: "invalid 'To' number",
+    21408: "no permission to send to this region",
+    21610: "recipient replied STOP (opted out)",
+    21612: "cannot route to this number",
+    21614: "'To' is not a mobile number",
+    21606: "'From' number cannot send SMS",
+    21212: "invalid 'From' number",
+    21617: "body too long",
+}
+OPTED_OUT = 21610
+# Twilio drops a message it could not hand over within ValidityPeriod; it accepts 1..36000 s.
+MAX_VALIDITY_S = 36000
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: str
+    from_number: str
+    api_base_url: str
+    status_callback_url: str  # {public_url}/webhooks/twilio/status
+    validity_period_s: int = 60
+    timeout_s: float = 10.0  # each API call; the client's own timeout argument is ignored (twilio-python#925)
+    attempts: int = 4
+    retry_budget_s: float = 15.0
+
+
+class _Transient(Exception):
+    """A failure worth another try: Twilio never took it (429), may have (5xx, timeout), or was unreachable."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class TwilioSmsChannel:
+    name = "sms"
+
+    def __init__(self, settings: TwilioSettings) -> None:
+        self._cfg = settings
+        self.health = ChannelHealth(self.name)
+        self.health.set(HealthState.UP, "no send yet")
+        self.breaker = CircuitBreaker(self.health)
+        self._client: Client | None = None
+        self._http: AsyncTwilioHttpClient | None = None
+
+    async def run(self) -> None:
+        """Owns the HTTP session (it binds to the running loop); closes it when cancelled."""
+        self._http = AsyncTwilioHttpClient()
+        client = Client(self._cfg.account_sid, self._cfg.auth_token, http_client=self._http)
+        client.api.base_url = self._cfg.api_base_url.rstrip("/")
+        self._client = client
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._client = None
+            await self._http.close()
+
+    async def send(self, msg: Outgoing) -> SendResult:
+        client = self._client
+        if client is None:
+            return SendResult.failed(FailureReason.UNREACHABLE, "SMS channel not started")
+        if not self.breaker.allow():
+            return SendResult.failed(FailureReason.UNREACHABLE, f"circuit open: {self.health.detail}")
+        callback = f"{self._cfg.status_callback_url}?{urlencode({'key': msg.key})}"
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+                wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
+                stop=stop_after_attempt(self._cfg.attempts) | stop_before_delay(self._cfg.retry_budget_s),
+                before_sleep=self._before_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    sid = await self._create(client, msg, callback)
+        except _Transient as exc:
+            self.breaker.failed(str(exc))
+            return SendResult.failed(exc.reason, str(exc))
+        except TwilioRestException as exc:
+            return self._permanent(exc)
+        self.breaker.succeeded()
+        return SendResult.accepted(provider_ref=sid)
+
+    async def _create(self, client: Client, msg: Outgoing, callback: str) -> str:
+        try:
+            async with asyncio.timeout(self._cfg.timeout_s):
+                created = await client.messages.create_async(
+                    to=msg.target,
+                    from_=self._cfg.from_number,
+                    body=msg.body.decode(),
+                    status_callback=callback,
+                    validity_period=min(MAX_VALIDITY_S, max(1, msg.expiry_s or self._cfg.validity_period_s)),
+                )
+        except TimeoutError:
+            # Twilio may still send it: a duplicate SMS with the same short code is harmless, a missing one is not.
+            raise _Transient(FailureReason.TIMEOUT, f"no answer from Twilio within {self._cfg.timeout_s} s") from None
+        except aiohttp.ClientError as exc:
+            raise _Transient(FailureReason.UNREACHABLE, f"Twilio unreachable: {exc}") from None
+        except TwilioRestException as exc:
+            if exc.status == 429:
+                raise _Transient(FailureReason.RATE_LIMITED, f"Twilio 429 (code {exc.code})") from None
+            if exc.status >= 500:
+                raise _Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
+            raise
+        except TwilioException as exc:  # an answer the client could not read: treat as a server fault
+            raise _Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {exc}") from None
+        return str(created.sid)
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.breaker.retrying(str(exc))
+        log.warning("SMS send failed, retrying", extra={"event": "sms_retry", "attempt": state.attempt_number,
+                                                        "error": str(exc)})
+
+    def _permanent(self, exc: TwilioRestException) -> SendResult:
+        code = int(exc.code) if isinstance(exc.code, int) else exc.status
+        if exc.status in (401, 403):
+            self.breaker.failed(f"Twilio refused the credentials (code {code})")
+            return SendResult.failed(FailureReason.AUTH, f"twilio {code}: credentials refused", permanent=True)
+        self.breaker.failed(str(code), provider_fault=False)
+        what = PERMANENT_CODES.get(code, exc.msg or "rejected")
+        return SendResult.failed(FailureReason.REJECTED, f"twilio {code}: {what}", permanent=True)
+
+
+# ---- what Twilio tells us -------------------------------------------------------------------------------
+
+
+class SignatureError(Exception):
+    pass
+
+
+def check_signature(auth_token: str, url: str, params: Mapping[str, str], signature: str | None) -> None:
+    """Twilio signs the full URL it called (as configured: scheme, host, path, query) and every POST field."""
+    if not signature:
+        raise SignatureError("no X-Twilio-Signature header")
+    if not RequestValidator(auth_token).validate(url, dict(params), signature):
+        raise SignatureError("X-Twilio-Signature does not match")
+
+
+class Delivery(enum.StrEnum):
+    SENT = "sent"  # handed to the carrier
+    DELIVERED = "delivered"  # the handset got it
+    FAILED = "failed"  # undelivered or failed
+    PENDING = "pending"  # queued, sending, accepted, scheduled: nothing to record yet
+
+
+_STATUS = {
+    "delivered": Delivery.DELIVERED, "read": Delivery.DELIVERED, "sent": Delivery.SENT,
+    "undelivered": Delivery.FAILED, "failed": Delivery.FAILED, "canceled": Delivery.FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    key: str  # the Outgoing.key the message was sent with
+    message_sid: str
+    delivery: Delivery
+    error_code: str
+
+
+def parse_status_callback(query: Mapping[str, str], form: Mapping[str, str]) -> StatusReport:
+    status = form.get("MessageStatus") or form.get("SmsStatus") or ""
+    return StatusReport(
+        key=query.get("key", ""),
+        message_sid=form.get("MessageSid", ""),
+        delivery=_STATUS.get(status, Delivery.PENDING),
+        error_code=form.get("ErrorCode", ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    sender: str
+    body: str
+
+
+def parse_inbound(form: Mapping[str, str]) -> InboundSms:
+    return InboundSms(sender=form.get("From", "").strip(), body=form.get("Body", ""))
+
+
+# Twilio's own opt-out keywords (its Advanced Opt-Out defaults), plus the Russian a dispatcher might type.
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "СТОП"})
+START_WORDS = frozenset({"START", "UNSTOP", "YES", "СТАРТ"})
+
+
+def opt_keyword(body: str) -> str | None:
+    """'stop' or 'start' when the whole reply is one of those keywords, else None."""
+    word = body.strip().upper()
+    if word in STOP_WORDS:
+        return "stop"
+    if word in START_WORDS:
+        return "start"
+    return None
+
+
+def twiml(message: str | None) -> str:
+    """The answer to an inbound SMS: a reply text, or none."""
+    response = MessagingResponse()
+    if message:
+        response.message(message)
+    return str(response)

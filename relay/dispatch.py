@@ -1,0 +1,168 @@
+"""The sending side: takes deliveries the engine decided on, renders them for their channel, sends, records.
+
+Every send follows the outbox order: the delivery was committed (queued, or marked sending) before it gets
+here; its outcome is committed after. A failure goes back to the engine, which re-plans (failover, retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from channels.base import Channel, Outgoing, SendResult
+from relay import render
+from relay.ack_links import AckLinkSigner
+from relay.clock import Clock
+from relay.metrics import Metrics
+from relay.sms_bundler import SmsBundler, SmsItem
+from relay.states import OPEN_ALERT_STATES
+from relay.store.base import AlertRecord, AttemptOutcome, DeliveryRecord, Store, StoreUnavailable
+from relay.topics import Topics
+
+log = logging.getLogger("relay.dispatch")
+
+WORKERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    alert: AlertRecord
+    delivery: DeliveryRecord
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        channels: Mapping[str, Channel],
+        renderer: render.Renderer,
+        topics: Topics,
+        clock: Clock,
+        metrics: Metrics,
+        message_expiry_s: int,
+        sms_validity_s: int,
+        sms_bundle_window_s: float,
+        ack_links: AckLinkSigner,
+        public_url: str,
+        on_failure: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._store, self._channels, self._render = store, channels, renderer
+        self._topics, self._clock, self._metrics = topics, clock, metrics
+        self._expiry_s, self._sms_validity_s = message_expiry_s, sms_validity_s
+        self._ack_links, self._public_url, self._on_failure = ack_links, public_url, on_failure
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._in_flight: set[str] = set()  # delivery ids queued here or being sent
+        self._bundler = SmsBundler(sms_bundle_window_s, self._send_sms, clock)
+
+    def submit(self, alert: AlertRecord, deliveries: list[DeliveryRecord]) -> None:
+        for d in deliveries:
+            if d.delivery_id in self._in_flight:
+                continue
+            self._in_flight.add(d.delivery_id)
+            if d.channel == "sms":
+                self._bundler.add(SmsItem(alert, d))
+            else:
+                self._jobs.put_nowait(_Job(alert, d))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(WORKERS):
+                tg.create_task(self._worker())
+            tg.create_task(self._bundler.run())
+
+    async def drain(self, within_s: float) -> bool:
+        """Wait until every send handed over so far has finished, at most `within_s`; False if some did not."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._jobs.join()
+                await self._bundler.idle()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                await self._send(job.alert, job.delivery)
+            except StoreUnavailable as exc:
+                log.error("store unavailable: delivery outcome not recorded",
+                          extra={"event": "delivery_unrecorded", "alert_id": job.alert.alert_id, "error": str(exc)})
+            finally:
+                self._in_flight.discard(job.delivery.delivery_id)
+                self._jobs.task_done()
+
+    async def _send(self, alert: AlertRecord, d: DeliveryRecord) -> None:
+        if d.channel == "mqtt":
+            msg = Outgoing(
+                key=alert.alert_id, target=d.target, expiry_s=self._expiry_s,
+                body=render.mqtt_alert(alert, d.desk_id, self._topics.acks(d.desk_id)),
+            )
+        else:
+            url = f"{self._public_url}/ack/{self._ack_links.token(alert.alert_id, d.desk_id, self._clock.now())}"
+            msg = Outgoing(
+                key=d.delivery_id, target=d.target, subject=self._render.email_subject(alert),
+                body=self._render.email_text(alert, url).encode(), html=self._render.email_html(alert, url),
+                content_type="text/plain",
+            )
+        await self._record(alert, d, await self._deliver(d.channel, msg))
+
+    async def _send_sms(self, phone: str, items: list[SmsItem]) -> None:
+        """One phone's SMS: what is still open goes out, bundled when several; what was acked meanwhile is not."""
+        try:
+            still_open = []
+            for item in items:
+                current = await self._store.get_alert(item.alert.alert_id)
+                if current is not None and current.state in OPEN_ALERT_STATES:
+                    still_open.append(item)
+                else:
+                    await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
+                                                     self._clock.now())
+            by_alert = {i.alert.alert_id: i for i in still_open}
+            for text, alerts in self._render.sms_batches([i.alert for i in still_open]):
+                batch = [by_alert[a.alert_id] for a in alerts]
+                msg = Outgoing(
+                    key=",".join(i.delivery.delivery_id for i in batch), target=phone, body=text.encode(),
+                    expiry_s=self._sms_validity_s, content_type="text/plain",
+                )
+                result = await self._deliver("sms", msg)
+                for i in batch:
+                    await self._record(i.alert, i.delivery, result)
+        except StoreUnavailable as exc:
+            log.error("store unavailable: SMS outcome not recorded", extra={"event": "delivery_unrecorded",
+                                                                             "error": str(exc)})
+        finally:
+            for item in items:
+                self._in_flight.discard(item.delivery.delivery_id)
+
+    async def _deliver(self, channel: str, msg: Outgoing) -> SendResult:
+        started = time.perf_counter()
+        result = await self._channels[channel].send(msg)
+        self._metrics.channel_send_seconds.labels(channel).observe(time.perf_counter() - started)
+        return result
+
+    async def _record(self, alert: AlertRecord, d: DeliveryRecord, result: SendResult) -> None:
+        now = self._clock.now()
+        ctx = {"alert_id": alert.alert_id, "desk_id": d.desk_id, "channel": d.channel, "target": d.target}
+        if result.ok:
+            await self._store.finish_attempt(d.delivery_id, AttemptOutcome.SENT, now)
+            latency = max(0.0, now - alert.created_at)
+            if d.attempts <= 1:  # the first time this delivery got out: the latency the contract measures
+                self._metrics.delivery_seconds.labels(d.channel).observe(latency)
+            self._metrics.deliveries.labels(d.channel, "sent").inc()
+            self._metrics.channel_last_success.labels(d.channel).set(now)
+            log.info("delivery sent", extra={"event": "delivery_sent", **ctx, "latency_s": round(latency, 4),
+                                             "provider_ref": result.provider_ref})
+            return
+        reason = result.reason.value if result.reason else "unknown"
+        outcome = AttemptOutcome.FAILED if result.permanent else AttemptOutcome.RETRY
+        await self._store.finish_attempt(d.delivery_id, outcome, now, error=f"{reason}: {result.detail}")
+        self._metrics.deliveries.labels(d.channel, reason).inc()
+        log.warning("delivery failed", extra={"event": "delivery_failed", **ctx, "reason": reason,
+                                              "detail": result.detail, "permanent": result.permanent})
+        self._in_flight.discard(d.delivery_id)
+        await self._on_failure(alert.alert_id)  # failover at once, or a retry later

@@ -1,0 +1,68 @@
+"""What a dispatcher's SMS reply means: an ack by short code, STOP/START, or something to explain back.
+
+The answer text goes back to the phone (TwiML), in Russian. Only a phone number listed for a desk the alert
+was sent to can acknowledge it: a false ack stops escalation, so it is as dangerous as a lost report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from channels.sms import InboundSms, opt_keyword
+from relay import short_code
+from relay.clock import Clock
+from relay.engine import AckRefused, Engine
+from relay.metrics import Metrics
+from relay.routing import Desk
+from relay.store.base import EventRecord, Store
+
+log = logging.getLogger("relay.sms_replies")
+
+
+class SmsReplies:
+    def __init__(self, engine: Engine, store: Store, desks: Sequence[Desk], clock: Clock, metrics: Metrics) -> None:
+        self._engine, self._store, self._clock, self._metrics = engine, store, clock, metrics
+        self._desks_by_phone: dict[str, list[str]] = {}
+        for desk in desks:
+            for phone in desk.sms:
+                self._desks_by_phone.setdefault(phone, []).append(desk.id)
+
+    async def handle(self, sms: InboundSms) -> str:
+        """The reply to send back."""
+        keyword = opt_keyword(sms.body)
+        if keyword is not None:
+            await self._store.set_sms_opt_out(sms.sender, keyword == "stop", self._clock.now())
+            log.warning("SMS opt-%s", "out" if keyword == "stop" else "in",
+                        extra={"event": f"sms_opt_{'out' if keyword == 'stop' else 'in'}", "phone": sms.sender})
+            if keyword == "stop":
+                return ("Рассылка тревог на этот номер остановлена. Тревоги о БПЛА сюда больше не придут. "
+                        "Чтобы возобновить, ответьте START.")
+            return "Рассылка тревог на этот номер возобновлена."
+        codes = short_code.find_codes(sms.body)
+        if not codes:
+            return "Код тревоги не найден. Ответьте кодом из SMS (4–6 знаков), например K7QX."
+        return " ".join([await self._ack(code, sms.sender) for code in codes])
+
+    async def _ack(self, code: str, phone: str) -> str:
+        alert = await self._store.find_by_code(code, self._clock.now())
+        if alert is None:
+            return f"Код {code} не найден или тревога уже закрыта."
+        desks = [d for d in self._desks_by_phone.get(phone, []) if d in alert.desks]
+        if not desks:
+            await self._store.add_event(EventRecord(alert.alert_id, self._clock.now(), "ack_refused", {
+                "channel": "sms", "from": phone, "reason": "number not on a desk this alert went to"}))
+            log.warning("SMS ack from a number not on the alert's desks",
+                        extra={"event": "ack_refused", "alert_id": alert.alert_id, "channel": "sms",
+                               "reason": "not_routed", "phone": phone})
+            self._metrics.acks_rejected.labels("sms", "not_routed").inc()
+            return f"Номер не зарегистрирован для тревоги {code}: подтверждение не принято."
+        try:
+            result = await self._engine.acknowledge(alert.alert_id, desks[0], "sms", phone)
+        except AckRefused:
+            return f"Код {code} не найден или тревога уже закрыта."
+        if result.first:
+            return f"Тревога {code} подтверждена. Спасибо."
+        first = result.alert.ack
+        who = f" ({first.by}, {first.channel})" if first else ""
+        return f"Тревога {code} уже была подтверждена{who}."
