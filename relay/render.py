@@ -152,7 +152,8 @@ class Renderer:
         carried: list[AlertRecord] = []
         for a in alerts:
             f = self.fields(a)
-            item = f"{a.short_code} {f['time']} {_shorten(f['place'], 16)} {f['type_short']} x{f['count']}"
+            count = f" x{f['count']}" if f["count"] != "1" else ""
+            item = f"{a.short_code} {f['time']} {_shorten(f['place'], 14)}{count}"
             if items and len(_bundle_text([*items, item], len(alerts))) > SMS_LIMIT:
                 batches.append((_bundle_text(items, len(alerts)), carried))
                 items, carried = [], []

@@ -8,6 +8,8 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.relay import RunningRelay, running_relay, settings_dict
+from tests.support.smtp import SmtpServer
+from tests.support.twilio_fake import TwilioFake
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +36,23 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 async def relay(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[RunningRelay]:
     async with running_relay(settings_dict(broker.port, tmp_path / "data")) as r:
         yield r
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[TwilioFake]:
+    fake = TwilioFake()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()

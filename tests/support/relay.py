@@ -44,6 +44,30 @@ def settings_dict(broker_port: int, data_dir: Path, **overrides: Any) -> dict[st
     return base
 
 
+DESK1_PHONE, DESK1_PHONE2, DESK2_PHONE = "+79001110001", "+79001110002", "+79002220001"
+DESK1_EMAIL, DESK2_EMAIL = "duty@airfield-1.example", "duty@airfield-2.example"
+
+
+def with_backups(base: dict[str, Any], *, smtp_port: int, twilio_url: str, **escalation: float) -> dict[str, Any]:
+    """`base` plus SMS (Twilio-shaped server) and e-mail (SMTP server), on a fixed HTTP port for public_url."""
+    from tests.support.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
+    from tests.support.wait import free_port
+
+    port = free_port()
+    cfg = dict(base)
+    cfg["http"] = {**base["http"], "port": port, "public_url": f"http://127.0.0.1:{port}"}
+    cfg["sms"] = {"enabled": True, "account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "from_number": FROM_NUMBER,
+                  "api_base_url": twilio_url, "bundle_window_s": 0.5, "timeout_s": 2}
+    cfg["email"] = {"enabled": True, "host": "127.0.0.1", "port": smtp_port, "from_address": "relay@uav.example",
+                    "timeout_s": 2}
+    cfg["escalation"] = {"ack_timeout_s": 1.0, "repeat_s": 1.5, "give_up_s": 60, "retry_s": 0.5, **escalation}
+    cfg["desks"] = [
+        {**base["desks"][0], "sms": [DESK1_PHONE, DESK1_PHONE2], "email": [DESK1_EMAIL]},
+        {**base["desks"][1], "sms": [DESK2_PHONE], "email": [DESK2_EMAIL]},
+    ]
+    return cfg
+
+
 def report(report_id: str = "r-1", **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "report_id": report_id,
@@ -95,14 +119,17 @@ class RunningRelay:
         async with self.http.get(f"{self.url}/metrics") as r:
             return await r.text()
 
-    async def metric(self, name: str) -> float:
-        """Sum of the samples named exactly `name{...}` or `name`."""
+    async def metric(self, selector: str) -> float:
+        """Sum of the samples matching `name` or `name{label="value",...}` (the labels given, others any)."""
+        name, _, labels = selector.partition("{")
+        wanted = set(filter(None, labels.rstrip("}").split(",")))
         total = 0.0
         for line in (await self.metrics()).splitlines():
             if line.startswith("#"):
                 continue
             series, _, value = line.rpartition(" ")
-            if series == name or series.startswith(name + "{"):
+            series_name, _, series_labels = series.partition("{")
+            if series_name == name and wanted <= set(series_labels.rstrip("}").split(",")):
                 total += float(value)
         return total
 

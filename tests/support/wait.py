@@ -47,3 +47,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def holds_for(check: Callable[[], Awaitable[bool] | bool], seconds: float, interval: float = 0.05,
+                    what: str = "condition") -> None:
+    """Assert `check` stays true for `seconds`: for what must *not* happen (nothing more is sent after an ack)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        if not result:
+            raise AssertionError(f"{what} stopped holding")
+        await asyncio.sleep(interval)
