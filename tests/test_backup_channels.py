@@ -140,17 +140,22 @@ async def test_flash_fires_every_channel_at_once(setup: Setup) -> None:
 # ---- acknowledgement stops everything --------------------------------------------------------------------
 
 
-@escalation(ack_timeout_s=0.3, repeat_s=0.6)
-async def test_an_ack_by_mqtt_stops_every_pending_send(setup: Setup) -> None:
+@pytest.mark.parametrize("setup", [{"ack_timeout_s": 0.3, "repeat_s": 0.6}], indirect=True)
+@pytest.mark.parametrize("via", ["mqtt", "http"])
+async def test_an_ack_stops_every_pending_send(setup: Setup, via: str) -> None:
     async with Console(setup.broker.port, "airfield-1") as console:
         _, accepted = await setup.relay.post_report(report("ack-stops"))
         alert = await console.next_alert()
         await setup.twilio.wait_for(2, timeout=3)  # the first backup round went out
-        await console.ack(alert["alert_id"], by="Майор Иванов")
+        if via == "mqtt":
+            await console.ack(alert["alert_id"], by="Майор Иванов")
+        else:
+            await setup.relay.ack(alert["alert_id"], by="Майор Иванов")
         acked = await eventually(lambda: _state(setup.relay, accepted["alert_id"], "acknowledged"), what="acked")
-    assert acked["ack"]["channel"] == "mqtt"
-    sent = len(setup.twilio.messages)
-    await holds_for(lambda: len(setup.twilio.messages) == sent, seconds=1.5, what="nothing sent after the ack")
+    assert (acked["ack"]["channel"], acked["ack"]["by"]) == (via, "Майор Иванов")
+    sent, mailed = len(setup.twilio.messages), len(setup.smtp.mails)
+    await holds_for(lambda: (len(setup.twilio.messages), len(setup.smtp.mails)) == (sent, mailed), seconds=1.5,
+                    what="nothing sent after the ack")
     status, again = await setup.relay.ack(accepted["alert_id"], by="второй")
     assert status == 200
     assert again["ack"]["by"] == "Майор Иванов"  # first ack wins
@@ -394,3 +399,31 @@ def _epoch(rfc3339: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(rfc3339).timestamp()
+
+
+@pytest.mark.parametrize("password", ["smtp-secret-pass", "wrong-password"], ids=["login", "bad-login"])
+async def test_email_over_starttls_with_a_login(broker: Mosquitto, twilio: TwilioFake, tmp_path: Path,
+                                               password: str) -> None:
+    server = SmtpServer(tls_dir=tmp_path)
+    server.start()
+    try:
+        cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=server.port,
+                           twilio_url=twilio.base_url)
+        cfg["email"] |= {"starttls": True, "username": "relay", "password": password, "ca_file": str(server.ca_file)}
+        async with running_relay(cfg) as relay:
+            setup = Setup(relay, broker, server, twilio)
+            accepted = await _failover_alert(setup, f"tls-{password}")
+            if password == "smtp-secret-pass":
+                mail = (await server.wait_for(1))[0]
+                assert accepted["short_code"] in mail.message["Subject"]
+                return
+
+            async def refused() -> dict[str, Any] | None:
+                found = _deliveries(await relay.alert(accepted["alert_id"]), "email")
+                return found[0] if found and found[0]["state"] == "failed" else None
+
+            failed = await eventually(refused, what="e-mail refused for the login")
+            assert "login refused" in failed["error"]
+            assert password not in (await relay.metrics())
+    finally:
+        server.stop()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import email
 import email.policy
+import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.support.wait import eventually, free_port
 
@@ -46,10 +50,26 @@ class _Recorder:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
+    """With `tls_dir`, it requires STARTTLS (a self-signed certificate made there) and a login `user`/`password`."""
+
+    def __init__(self, tls_dir: Path | None = None, user: str = "relay", password: str = "smtp-secret-pass") -> None:
         self.port = free_port()
         self._recorder = _Recorder()
         self._controller: Controller | None = None
+        self._tls: dict[str, Any] = {}
+        self.ca_file: Path | None = None
+        if tls_dir is not None:
+            self.ca_file, key = _self_signed(tls_dir)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.ca_file, key)
+
+            def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+                ok = isinstance(data, LoginPassword) and data.login.decode() == user \
+                    and data.password.decode() == password
+                return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
+
+            self._tls = {"tls_context": context, "require_starttls": True, "auth_required": True,
+                         "authenticator": authenticator}
 
     @property
     def mails(self) -> list[Mail]:
@@ -57,7 +77,8 @@ class SmtpServer:
             return list(self._recorder.mails)
 
     def start(self) -> None:
-        self._controller = Controller(self._recorder, hostname="127.0.0.1", port=self.port, ready_timeout=5)
+        self._controller = Controller(self._recorder, hostname="127.0.0.1", port=self.port, ready_timeout=5,
+                                      **self._tls)
         self._controller.start()
 
     def stop(self) -> None:
@@ -71,3 +92,13 @@ class SmtpServer:
             return mine if len(mine) >= count else None
 
         return await eventually(got, timeout=timeout, what=f"{count} e-mails at the SMTP server")
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
