@@ -181,13 +181,14 @@ class Engine:
         if result.newly_delivered:
             self._bus.publish(StateEvent.of(result.alert, now))
 
-    async def delivery_report(self, delivery_id: str, *, delivered: bool, error: str | None = None) -> None:
+    async def delivery_report(
+        self, delivery_id: str, channel: str, *, delivered: bool, error: str | None = None
+    ) -> None:
         """A provider's receipt for one delivery (an SMS status callback)."""
         now = self._clock.now()
         result = await self._store.delivery_report(delivery_id, now, delivered=delivered, error=error)
         if result is None:
             return
-        channel = delivery_id.split(".")[2] if delivery_id.count(".") >= 3 else "unknown"
         self._metrics.deliveries.labels(channel, "delivered" if delivered else "undelivered").inc()
         log.log(
             logging.INFO if delivered else logging.WARNING,

@@ -45,6 +45,6 @@ async def sms_status(request: web.Request) -> web.Response:
     if report.delivery in (Delivery.DELIVERED, Delivery.FAILED):
         error = f"twilio {report.error_code}: undelivered" if report.delivery is Delivery.FAILED else None
         for delivery_id in filter(None, report.key.split(",")):
-            await ctx.engine.delivery_report(delivery_id, delivered=report.delivery is Delivery.DELIVERED,
+            await ctx.engine.delivery_report(delivery_id, "sms", delivered=report.delivery is Delivery.DELIVERED,
                                              error=error)
     return web.Response(status=204)
