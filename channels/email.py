@@ -13,17 +13,10 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 import aiosmtplib
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
 
 from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
 from channels.breaker import CircuitBreaker
+from channels.retry import Transient, with_retries
 
 log = logging.getLogger("channels.email")
 
@@ -41,12 +34,6 @@ class SmtpSettings:
     timeout_s: float = 10.0  # each SMTP operation
     send_budget_s: float = 20.0  # the whole send, retries included
     attempts: int = 3
-
-
-class _Transient(Exception):
-    def __init__(self, reason: FailureReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 class SmtpEmailChannel:
@@ -70,19 +57,14 @@ class SmtpEmailChannel:
         message = self._message(msg)
         try:
             async with asyncio.timeout(self._cfg.send_budget_s):
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
-                    wait=wait_exponential_jitter(multiplier=0.5, max=4.0, jitter=0.5),
-                    stop=stop_after_attempt(self._cfg.attempts) | stop_before_delay(self._cfg.send_budget_s),
-                    before_sleep=self._before_retry,
-                    reraise=True,
-                ):
-                    with attempt:
-                        await self._deliver(message)
+                await with_retries(
+                    lambda: self._deliver(message), attempts=self._cfg.attempts, budget_s=self._cfg.send_budget_s,
+                    first_wait_s=0.5, max_wait_s=4.0, breaker=self.breaker, log=log, event="email_retry",
+                )
         except TimeoutError:
             self.breaker.failed("no send within the budget")
             return SendResult.failed(FailureReason.TIMEOUT, f"SMTP send took over {self._cfg.send_budget_s} s")
-        except _Transient as exc:
+        except Transient as exc:
             self.breaker.failed(str(exc))
             return SendResult.failed(exc.reason, str(exc))
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -126,22 +108,16 @@ class SmtpEmailChannel:
                 timeout=cfg.timeout_s,
             )
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
-            raise _Transient(FailureReason.UNREACHABLE, f"SMTP server unreachable: {exc}") from None
+            raise Transient(FailureReason.UNREACHABLE, f"SMTP server unreachable: {exc}") from None
         except aiosmtplib.SMTPTimeoutError as exc:
-            raise _Transient(FailureReason.TIMEOUT, f"SMTP timeout: {exc}") from None
+            raise Transient(FailureReason.TIMEOUT, f"SMTP timeout: {exc}") from None
         except ssl.SSLError as exc:  # aiosmtplib lets certificate failures through as they are
-            raise _Transient(FailureReason.UNREACHABLE, f"TLS with the SMTP server failed: {exc}") from None
+            raise Transient(FailureReason.UNREACHABLE, f"TLS with the SMTP server failed: {exc}") from None
         except aiosmtplib.SMTPResponseException as exc:
             if 400 <= exc.code < 500 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-                raise _Transient(FailureReason.RATE_LIMITED, f"SMTP {exc.code}: {exc.message}") from None
+                raise Transient(FailureReason.RATE_LIMITED, f"SMTP {exc.code}: {exc.message}") from None
             raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             if all(400 <= r.code < 500 for r in exc.recipients):  # greylisting, mailbox busy
-                raise _Transient(FailureReason.RATE_LIMITED, "recipient deferred (4xx)") from None
+                raise Transient(FailureReason.RATE_LIMITED, "recipient deferred (4xx)") from None
             raise
-
-    def _before_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self.breaker.retrying(str(exc))
-        log.warning("e-mail send failed, retrying", extra={"event": "email_retry", "attempt": state.attempt_number,
-                                                           "error": str(exc)})

@@ -14,14 +14,6 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
@@ -30,6 +22,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
 from channels.breaker import CircuitBreaker
+from channels.retry import Transient, with_retries
 
 log = logging.getLogger("channels.sms")
 
@@ -63,14 +56,6 @@ class TwilioSettings:
     retry_budget_s: float = 15.0
 
 
-class _Transient(Exception):
-    """A failure worth another try: Twilio never took it (429), may have (5xx, timeout), or was unreachable."""
-
-    def __init__(self, reason: FailureReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
 class TwilioSmsChannel:
     name = "sms"
 
@@ -102,16 +87,12 @@ class TwilioSmsChannel:
             return SendResult.failed(FailureReason.UNREACHABLE, f"circuit open: {self.health.detail}")
         callback = f"{self._cfg.status_callback_url}?{urlencode({'key': msg.key})}"
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
-                wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
-                stop=stop_after_attempt(self._cfg.attempts) | stop_before_delay(self._cfg.retry_budget_s),
-                before_sleep=self._before_retry,
-                reraise=True,
-            ):
-                with attempt:
-                    sid = await self._create(client, msg, callback)
-        except _Transient as exc:
+            sid = await with_retries(
+                lambda: self._create(client, msg, callback), attempts=self._cfg.attempts,
+                budget_s=self._cfg.retry_budget_s, first_wait_s=0.2, max_wait_s=2.0, breaker=self.breaker, log=log,
+                event="sms_retry",
+            )
+        except Transient as exc:
             self.breaker.failed(str(exc))
             return SendResult.failed(exc.reason, str(exc))
         except TwilioRestException as exc:
@@ -131,24 +112,18 @@ class TwilioSmsChannel:
                 )
         except TimeoutError:
             # Twilio may still send it: a duplicate SMS with the same short code is harmless, a missing one is not.
-            raise _Transient(FailureReason.TIMEOUT, f"no answer from Twilio within {self._cfg.timeout_s} s") from None
+            raise Transient(FailureReason.TIMEOUT, f"no answer from Twilio within {self._cfg.timeout_s} s") from None
         except aiohttp.ClientError as exc:
-            raise _Transient(FailureReason.UNREACHABLE, f"Twilio unreachable: {exc}") from None
+            raise Transient(FailureReason.UNREACHABLE, f"Twilio unreachable: {exc}") from None
         except TwilioRestException as exc:
             if exc.status == 429:
-                raise _Transient(FailureReason.RATE_LIMITED, f"Twilio 429 (code {exc.code})") from None
+                raise Transient(FailureReason.RATE_LIMITED, f"Twilio 429 (code {exc.code})") from None
             if exc.status >= 500:
-                raise _Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
+                raise Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
             raise
         except TwilioException as exc:  # an answer the client could not read: treat as a server fault
-            raise _Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {exc}") from None
+            raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {exc}") from None
         return str(created.sid)
-
-    def _before_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self.breaker.retrying(str(exc))
-        log.warning("SMS send failed, retrying", extra={"event": "sms_retry", "attempt": state.attempt_number,
-                                                        "error": str(exc)})
 
     def _permanent(self, exc: TwilioRestException) -> SendResult:
         code = int(exc.code) if isinstance(exc.code, int) else exc.status

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -26,3 +27,15 @@ class SystemClock:
 
 def to_datetime(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
+
+
+async def sleep_until_or(clock: Clock, at: float | None, event: asyncio.Event) -> None:
+    """Sleep until `at` (None: for ever) or until `event` is set, whichever comes first."""
+    waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(event.wait())}
+    if at is not None and at < math.inf:
+        waits.add(asyncio.ensure_future(clock.sleep_until(at)))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -13,11 +13,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from channels.base import Channel, HealthChange, HealthState, Inbound, InboundKind
 from relay import escalation, short_code
-from relay.clock import Clock
+from relay.clock import Clock, sleep_until_or
 from relay.dispatch import Dispatcher
 from relay.escalation import BackupReason, GiveUp, Policy, RetryBackups, SendBackups, SendPrimary
 from relay.events import EventBus, StateEvent
@@ -264,14 +263,7 @@ class Engine:
                 log.error("scheduler cannot read the store", extra={"event": "scheduler_store", "error": str(exc)})
                 next_at = self._clock.now() + 1
             self._wake_at = math.inf if next_at is None else next_at
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._poke.wait())]
-            if next_at is not None:
-                waits.append(asyncio.ensure_future(self._clock.sleep_until(next_at)))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+            await sleep_until_or(self._clock, next_at, self._poke)
 
     def _due(self, at: float | None) -> None:
         """A due time was stored: wake the scheduler if it would otherwise sleep past it."""

@@ -10,9 +10,8 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from relay.clock import Clock
+from relay.clock import Clock, sleep_until_or
 from relay.store.base import AlertRecord, DeliveryRecord
 
 MAX_SENDS_IN_FLIGHT = 32
@@ -93,11 +92,4 @@ class SmsBundler:
                     self._ready.put_nowait((phone, items))
                 else:
                     next_at = min(next_at, due)
-            waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._changed.wait())}
-            if next_at < math.inf:
-                waits.add(asyncio.ensure_future(self._clock.sleep_until(next_at)))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+            await sleep_until_or(self._clock, next_at, self._changed)
