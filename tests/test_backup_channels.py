@@ -427,3 +427,18 @@ async def test_email_over_starttls_with_a_login(broker: Mosquitto, twilio: Twili
             assert password not in (await relay.metrics())
     finally:
         server.stop()
+
+
+async def test_a_restart_resumes_the_escalation_from_its_stored_due_times(
+    broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path
+) -> None:
+    cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=smtp.port,
+                       twilio_url=twilio.base_url, ack_timeout_s=0.5, repeat_s=2.0)
+    async with running_relay(cfg) as relay, Console(broker.port, "airfield-1") as console:
+        _, accepted = await relay.post_report(report("survives-restart"))
+        await console.next_alert()
+        first = (await twilio.wait_for(1, to=DESK1_PHONE))[0]
+    async with running_relay(cfg):  # stopped and started again between the first round and the repeat
+        second = (await twilio.wait_for(2, to=DESK1_PHONE, timeout=6))[1]
+    assert accepted["short_code"] in second.body
+    assert 1.8 <= second.at - first.at <= 2.8  # the stored repeat time, not a timer started over at the restart
