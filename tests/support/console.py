@@ -13,43 +13,54 @@ from paho.mqtt.properties import Properties
 
 
 class MqttPeer:
-    """Subscribes to `topics`, collects what arrives, can publish. Persistent session, as a real console has."""
+    """Subscribes to `topics`, collects what arrives, can publish. A persistent session that reconnects by
+    itself when the broker goes away and comes back, as a real console does."""
 
     def __init__(self, port: int, identifier: str, topics: list[str]) -> None:
         self.port, self.identifier, self.topics = port, identifier, topics
         self.messages: asyncio.Queue[tuple[str, dict[str, Any], aiomqtt.Message]] = asyncio.Queue()
         self._client: aiomqtt.Client | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> MqttPeer:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        self._client = aiomqtt.Client("127.0.0.1", self.port, identifier=self.identifier,
-                                      protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props)
-        await self._client.__aenter__()
-        for topic in self.topics:
-            await self._client.subscribe(topic, qos=1)
-        self._reader = asyncio.create_task(self._read())
+        self._runner = asyncio.create_task(self._run())
+        async with asyncio.timeout(5):
+            await self._connected.wait()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await self._reader
-        if self._client is not None:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.__aexit__(None, None, None)
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
 
-    async def _read(self) -> None:
-        assert self._client is not None
-        async for msg in self._client.messages:
-            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+    async def _run(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        client = aiomqtt.Client("127.0.0.1", self.port, identifier=self.identifier,
+                                protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
+                                keepalive=2)
+        while True:
             try:
-                body = json.loads(payload)
-            except ValueError:
-                body = {"_raw": payload.decode(errors="replace")}
-            self.messages.put_nowait((msg.topic.value, body, msg))
+                async with client:
+                    for topic in self.topics:
+                        await client.subscribe(topic, qos=1)
+                    self._client = client
+                    self._connected.set()
+                    async for msg in client.messages:
+                        payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+                        try:
+                            body = json.loads(payload)
+                        except ValueError:
+                            body = {"_raw": payload.decode(errors="replace")}
+                        self.messages.put_nowait((msg.topic.value, body, msg))
+            except aiomqtt.MqttError:
+                pass
+            finally:
+                self._client = None
+                self._connected.clear()
+            await asyncio.sleep(0.1)  # reconnect backoff of this test peer
 
     async def next(self, timeout: float = 5.0, topic_prefix: str = "") -> tuple[str, dict[str, Any]]:
         async with asyncio.timeout(timeout):
@@ -59,9 +70,18 @@ class MqttPeer:
                     return topic, body
 
     async def publish(self, topic: str, body: dict[str, Any] | str | bytes) -> None:
-        assert self._client is not None
         payload = json.dumps(body) if isinstance(body, dict) else body
-        await self._client.publish(topic, payload, qos=1, timeout=5)
+        async with asyncio.timeout(10):
+            while True:
+                await self._connected.wait()
+                client = self._client
+                if client is None:
+                    continue
+                try:
+                    await client.publish(topic, payload, qos=1, timeout=5)
+                    return
+                except aiomqtt.MqttError:
+                    await asyncio.sleep(0.1)
 
 
 class Console(MqttPeer):
