@@ -188,7 +188,7 @@ class MqttChannel:
             username=cfg.username or None,
             password=cfg.password or None,
             protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,  # the default would wipe the session on every reconnect
+            clean_start=cfg.session_expiry_s == 0,  # the default would wipe the session on every reconnect
             properties=connect_props,
             keepalive=cfg.keepalive_s,
             timeout=cfg.subscribe_timeout_s,

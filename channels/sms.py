@@ -125,6 +125,15 @@ class TwilioSmsChannel:
             raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {exc}") from None
         return str(created.sid)
 
+    async def fetch_status(self, sid: str) -> str:
+        """Twilio's current status of a sent message (queued, sent, delivered, undelivered, failed, ...)."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("SMS channel not started")
+        async with asyncio.timeout(self._cfg.timeout_s):
+            message = await client.messages(sid).fetch_async()
+        return str(message.status)
+
     def _permanent(self, exc: TwilioRestException) -> SendResult:
         code = int(exc.code) if isinstance(exc.code, int) else exc.status
         if exc.status in (401, 403):

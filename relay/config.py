@@ -151,6 +151,23 @@ class EmailSection(Section):
         return self
 
 
+class CanarySection(Section):
+    """A periodic test message over each backup channel, so a channel that has rotted is found before the day
+    it is needed. Off with interval_s = 0."""
+
+    interval_s: float = Field(0, ge=0)
+    sms_to: str = Field("", pattern=r"^(\+[1-9][0-9]{6,14})?$")
+    email_to: str = Field("", pattern=r"^([^@\s]{1,64}@[^@\s]{1,255})?$")
+
+    @model_validator(mode="after")
+    def _targets(self) -> Self:
+        if self.interval_s and not (self.sms_to or self.email_to):
+            raise ValueError("interval_s set, but neither sms_to nor email_to")
+        if self.interval_s and self.interval_s < 60:
+            raise ValueError("interval_s: at least 60 (a canary every few seconds is a flood, not a check)")
+        return self
+
+
 class TemplatesSection(Section):
     """Replacements for the built-in texts; fields as in relay.render.FIELDS, e.g. {code}, {place}."""
 
@@ -255,6 +272,7 @@ class Settings(BaseSettings):
     email: EmailSection = EmailSection()
     escalation: EscalationSection = EscalationSection()
     templates: TemplatesSection = TemplatesSection()
+    canary: CanarySection = CanarySection()
     operators: list[OperatorConfig] = Field(default_factory=list)
     desks: list[DeskConfig] = Field(default_factory=list)
 

@@ -14,6 +14,7 @@ from relay.ack_links import AckLinkSigner, load_or_create_key
 from relay.api.context import ApiContext, SmsWebhooks
 from relay.api.server import HttpServer
 from relay.auth import Authenticator
+from relay.canary import Canary
 from relay.clock import Clock, SystemClock
 from relay.config import Settings
 from relay.dispatch import Dispatcher
@@ -187,6 +188,11 @@ class Relay:
             store_task = tg.create_task(store.run(), name="store")
             mqtt_task = tg.create_task(mqtt.run(), name="mqtt")
             backup_tasks = [tg.create_task(c.run(), name=c.name) for c in backups]
+            canary_targets: dict[Channel, str] = {
+                c: t for c, t in ((sms, s.canary.sms_to), (email, s.canary.email_to)) if c is not None and t
+            }
+            canary = Canary(canary_targets, s.canary.interval_s, self.clock, self.metrics)
+            backup_tasks.append(tg.create_task(canary.run(), name="canary"))
             engine_task = tg.create_task(engine.run(), name="engine")
             events_task = tg.create_task(MqttEventPublisher(bus, mqtt, topics, self.metrics).run(), name="events")
             await http.start()

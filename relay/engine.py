@@ -42,6 +42,7 @@ from relay.topics import Topics
 log = logging.getLogger("relay.engine")
 
 SCHEDULER_BATCH = 500
+CHANNEL_TEST_PREFIX = "test-"  # ids of `relay test-channels` messages; no alert has one
 
 class AckRefused(Exception):
     """An acknowledgement that must not count; the message says why."""
@@ -142,6 +143,10 @@ class Engine:
     # ---- receipts and acks ---------------------------------------------------------------------------
 
     async def on_inbound(self, inbound: Inbound) -> None:
+        if inbound.ref.startswith(CHANNEL_TEST_PREFIX):  # a console answering `relay test-channels`
+            log.info("channel test reply", extra={"event": "channel_test_reply", "desk_id": inbound.sender,
+                                                  "kind": inbound.kind.value})
+            return
         try:
             if inbound.kind is InboundKind.RECEIVED:
                 await self.receipt(inbound.ref, inbound.sender, inbound.channel)

@@ -53,6 +53,8 @@ class Metrics:
             "relay_webhooks_rejected", "Webhook calls refused (bad signature and the like)", ["webhook", "reason"],
             registry=r,
         )
+        self.canary = Counter("relay_canary", "Canary test messages by channel and outcome", ["channel", "outcome"],
+                              registry=r)
         self.alerts_open = Gauge("relay_alerts_open", "Alerts neither acknowledged nor given up", registry=r)
         self.unacknowledged = Counter(
             "relay_alerts_unacknowledged", "Alerts given up without any acknowledgement", registry=r

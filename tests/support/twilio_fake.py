@@ -33,6 +33,7 @@ class Sms:
     status_callback: str
     validity_period: str
     at: float
+    status: str = "queued"
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TwilioFake:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages/{msid}.json", self._fetch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -95,11 +97,21 @@ class TwilioFake:
             at=time.time(),
         )
         self.messages.append(sms)
-        return web.json_response({
-            "sid": sms.sid, "account_sid": ACCOUNT_SID, "to": sms.to, "from": sms.from_, "body": sms.body,
-            "status": "queued", "num_segments": "1", "direction": "outbound-api", "api_version": "2010-04-01",
-            "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sms.sid}.json", "error_code": None,
-        }, status=201)
+        return web.json_response(self._json(sms), status=201)
+
+    async def _fetch(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        found = [m for m in self.messages if m.sid == request.match_info["msid"]]
+        if not found:
+            return _error(404, 20404, "The requested resource was not found")
+        return web.json_response(self._json(found[0]))
+
+    @staticmethod
+    def _json(sms: Sms) -> dict[str, Any]:
+        return {"sid": sms.sid, "account_sid": ACCOUNT_SID, "to": sms.to, "from": sms.from_, "body": sms.body,
+                "status": sms.status, "num_segments": "1", "direction": "outbound-api", "api_version": "2010-04-01",
+                "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sms.sid}.json", "error_code": None}
 
     @staticmethod
     def _authorized(request: web.Request) -> bool:
@@ -119,6 +131,7 @@ class TwilioFake:
     # ---- Twilio calling the relay ---------------------------------------------------------------------
 
     async def status_callback(self, sms: Sms, status: str, error_code: str = "") -> int:
+        sms.status = status
         params = {"MessageSid": sms.sid, "SmsSid": sms.sid, "AccountSid": ACCOUNT_SID, "From": sms.from_,
                   "To": sms.to, "MessageStatus": status, "SmsStatus": status, "ApiVersion": "2010-04-01"}
         if error_code:
