@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from relay.config import DeskConfig, OperatorConfig
+from relay.config import DeskConfig, EngineerConfig, OperatorConfig
+
+log = logging.getLogger("relay.auth")
 
 
 class Role(enum.StrEnum):
     OPERATOR = "operator"
     DESK = "desk"
+    ENGINEER = "engineer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,16 +27,26 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, operators: Iterable[OperatorConfig], desks: Iterable[DeskConfig]) -> None:
-        # Looked up by the digest of the presented token: the time a lookup takes depends on the digest,
-        # which tells an attacker nothing about any real token.
-        self._by_digest: dict[str, Principal] = {}
-        operators = list(operators)
-        for op in operators:
-            self._by_digest[op.token_digest] = Principal(Role.OPERATOR, op.id)
-        for desk in desks:
-            self._by_digest[desk.token_digest] = Principal(Role.DESK, desk.id)
+    """Tokens are kept only as SHA-256 digests; a presented token's digest is compared with every known one in
+    constant time, so neither which token matched nor how much of it did shows in the answer's timing."""
+
+    def __init__(
+        self, operators: Iterable[OperatorConfig], desks: Iterable[DeskConfig],
+        engineers: Iterable[EngineerConfig] = (),
+    ) -> None:
+        operators, desks, engineers = list(operators), list(desks), list(engineers)
+        self._known: list[tuple[bytes, Principal]] = [
+            (bytes.fromhex(op.token_digest), Principal(Role.OPERATOR, op.id)) for op in operators
+        ] + [(bytes.fromhex(d.token_digest), Principal(Role.DESK, d.id)) for d in desks] + [
+            (bytes.fromhex(e.token_digest), Principal(Role.ENGINEER, e.id)) for e in engineers
+        ]
         self.operator_ids = frozenset(op.id for op in operators)
+        plain = [h.id for h in [*operators, *desks, *engineers] if h.token is not None]
+        if plain:
+            log.warning(
+                "plain tokens in the config: store token_sha256 instead (relay hash-token)",
+                extra={"event": "plain_token_in_config", "ids": plain},
+            )
 
     def from_header(self, header: str | None) -> Principal | None:
         if not header:
@@ -42,4 +57,9 @@ class Authenticator:
         return self.from_token(token.strip())
 
     def from_token(self, token: str) -> Principal | None:
-        return self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for known, principal in self._known:  # no early exit: every digest is compared, every time
+            if hmac.compare_digest(digest, known):
+                found = principal
+        return found

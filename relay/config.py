@@ -201,6 +201,7 @@ class EscalationSection(Section):
 
 
 class HasToken(Section):
+    id: str = Field(pattern=ID_PATTERN)
     token: SecretStr | None = None
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
@@ -226,7 +227,11 @@ class HasToken(Section):
 
 
 class OperatorConfig(HasToken):
-    id: str = Field(pattern=ID_PATTERN)
+    pass
+
+
+class EngineerConfig(HasToken):
+    """An on-call engineer: reads every alert (without the caller) and the audit trail; cannot ack or file."""
 
 
 class Area(Section):
@@ -236,7 +241,6 @@ class Area(Section):
 
 
 class DeskConfig(HasToken):
-    id: str = Field(pattern=ID_PATTERN)
     name: str = Field("", max_length=200)
     sms: list[str] = Field(default_factory=list)
     email: list[str] = Field(default_factory=list)
@@ -275,6 +279,7 @@ class Settings(BaseSettings):
     canary: CanarySection = CanarySection()
     operators: list[OperatorConfig] = Field(default_factory=list)
     desks: list[DeskConfig] = Field(default_factory=list)
+    engineers: list[EngineerConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
@@ -282,7 +287,7 @@ class Settings(BaseSettings):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate id {', '.join(dupes)}")
-        digests = [p.token_digest for p in [*self.operators, *self.desks]]
+        digests = [p.token_digest for p in [*self.operators, *self.desks, *self.engineers]]
         if len(set(digests)) != len(digests):
             raise ValueError("two operators or desks share one token")
         return self

@@ -148,7 +148,7 @@ class Relay:
             backups=backups,
             dispatcher=dispatcher,
         )
-        auth = Authenticator(s.operators, s.desks)
+        auth = Authenticator(s.operators, s.desks, s.engineers)
         intake = Intake(engine, self.clock, self.metrics)
         report_intake = MqttReportIntake(intake, mqtt, topics, auth.operator_ids)
         mqtt.listen(engine, {topics.reports_filter: report_intake.on_report})

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import NoReturn
 
 from channels.base import Channel, HealthChange, HealthState, Inbound, InboundKind
 from relay import escalation, short_code
@@ -32,6 +33,7 @@ from relay.store.base import (
     AckResult,
     AlertRecord,
     DeliveryRecord,
+    EventRecord,
     NewAlert,
     Schedule,
     Store,
@@ -143,6 +145,7 @@ class Engine:
     # ---- receipts and acks ---------------------------------------------------------------------------
 
     async def on_inbound(self, inbound: Inbound) -> None:
+        """A console's `received` or `ack` (its desk is the topic it came on: the broker's ACL says who may)."""
         if inbound.ref.startswith(CHANNEL_TEST_PREFIX):  # a console answering `relay test-channels`
             log.info("channel test reply", extra={"event": "channel_test_reply", "desk_id": inbound.sender,
                                                   "kind": inbound.kind.value})
@@ -151,14 +154,10 @@ class Engine:
             if inbound.kind is InboundKind.RECEIVED:
                 await self.receipt(inbound.ref, inbound.sender, inbound.channel)
             else:
-                await self.acknowledge(inbound.ref, inbound.sender, inbound.channel, inbound.by)
-        except AckRefused as exc:
-            self._metrics.acks_rejected.labels(inbound.channel, exc.reason).inc()
-            log.warning(
-                "acknowledgement refused",
-                extra={"event": "ack_refused", "alert_id": inbound.ref, "desk_id": inbound.sender,
-                       "channel": inbound.channel, "kind": inbound.kind.value, "reason": str(exc)},
-            )
+                source = f"{self._topics.acks(inbound.sender)}"
+                await self.acknowledge(inbound.ref, inbound.sender, inbound.channel, inbound.by, source)
+        except AckRefused:
+            pass  # counted, logged and written down where it was refused
         except StoreUnavailable as exc:
             log.error(
                 "store unavailable: inbound not recorded",
@@ -176,7 +175,10 @@ class Engine:
         now = self._clock.now()
         result = await self._store.mark_delivered(alert_id, desk_id, channel, now)
         if result is None:
-            raise AckRefused("unknown", f"no {channel} delivery of alert {alert_id} to desk {desk_id}")
+            self._metrics.acks_rejected.labels(channel, "unknown").inc()
+            log.warning("receipt for no delivery of ours", extra={"event": "receipt_refused", "alert_id": alert_id,
+                                                                  "desk_id": desk_id, "channel": channel})
+            return
         self._metrics.deliveries.labels(channel, "delivered").inc()
         log.info(
             "delivery confirmed",
@@ -203,22 +205,30 @@ class Engine:
         if result.newly_delivered:
             self._bus.publish(StateEvent.of(result.alert, now))
 
-    async def acknowledge(self, alert_id: str, desk_id: str, channel: str, by: str) -> AckResult:
-        """Record a person's ack from a desk the alert was sent to; the first one closes the alert."""
+    async def acknowledge(
+        self, alert_id: str, desk_id: str, channel: str, by: str, source: str = ""
+    ) -> AckResult:
+        """Record a person's ack from a desk the alert was sent to; the first one closes the alert.
+
+        `source` says where it came from (a remote address, a phone, a topic) for the audit trail.
+        """
         alert = await self._store.get_alert(alert_id)
         if alert is None:
-            raise AckRefused("unknown", f"no alert {alert_id}")
-        if desk_id not in alert.desks:
-            raise AckRefused("not_routed", f"alert {alert_id} was not sent to desk {desk_id}")
+            await self.refuse(alert_id, channel, "unknown", source, f"no alert {alert_id}", known=False)
+        elif desk_id not in alert.desks:
+            await self.refuse(alert_id, channel, "not_routed", source,
+                              f"alert {alert_id} was not sent to desk {desk_id}")
+        assert alert is not None
         now = self._clock.now()
         latency = max(0.0, now - alert.created_at)
-        result = await self._store.record_ack(AckRecord(alert_id, desk_id, channel, by, now, latency))
+        result = await self._store.record_ack(AckRecord(alert_id, desk_id, channel, by, now, latency, source))
         if result is None:
             raise AckRefused("unknown", f"no alert {alert_id}")
         if not result.first:
             log.info(
                 "duplicate acknowledgement recorded",
-                extra={"event": "ack_duplicate", "alert_id": alert_id, "desk_id": desk_id, "channel": channel},
+                extra={"event": "ack_duplicate", "alert_id": alert_id, "desk_id": desk_id, "channel": channel,
+                       "from": source},
             )
             return result
         if result.was_open:
@@ -227,10 +237,24 @@ class Engine:
         log.info(
             "alert acknowledged",
             extra={"event": "ack", "alert_id": alert_id, "desk_id": desk_id, "channel": channel, "by": by,
-                   "latency_s": round(latency, 3), "cancelled": result.cancelled},
+                   "from": source, "latency_s": round(latency, 3), "cancelled": result.cancelled},
         )
         self._bus.publish(StateEvent.of(result.alert, now))
         return result
+
+    async def refuse(
+        self, alert_id: str, channel: str, reason: str, source: str, detail: str, *, known: bool = True
+    ) -> NoReturn:
+        """An ack that must not count: counted, logged, written to the alert's history (the audit trail), raised."""
+        self._metrics.acks_rejected.labels(channel, reason).inc()
+        log.warning("acknowledgement refused", extra={"event": "ack_refused", "alert_id": alert_id,
+                                                      "channel": channel, "reason": reason, "from": source,
+                                                      "detail": detail})
+        await self._store.add_event(EventRecord(alert_id if known else "", self._clock.now(), "ack_refused", {
+            "channel": channel, "reason": reason, "from": source, "detail": detail,
+            **({} if known else {"alert_id": alert_id[:64]}),
+        }))
+        raise AckRefused(reason, detail)
 
     # ---- running -------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from relay.clock import Clock
 from relay.engine import AckRefused, Engine
 from relay.metrics import Metrics
 from relay.routing import Desk
-from relay.store.base import EventRecord, Store
+from relay.store.base import Store
 
 log = logging.getLogger("relay.sms_replies")
 
@@ -49,17 +49,14 @@ class SmsReplies:
         if alert is None:
             return f"Код {code} не найден или тревога уже закрыта."
         desks = [d for d in self._desks_by_phone.get(phone, []) if d in alert.desks]
-        if not desks:
-            await self._store.add_event(EventRecord(alert.alert_id, self._clock.now(), "ack_refused", {
-                "channel": "sms", "from": phone, "reason": "number not on a desk this alert went to"}))
-            log.warning("SMS ack from a number not on the alert's desks",
-                        extra={"event": "ack_refused", "alert_id": alert.alert_id, "channel": "sms",
-                               "reason": "not_routed", "phone": phone})
-            self._metrics.acks_rejected.labels("sms", "not_routed").inc()
-            return f"Номер не зарегистрирован для тревоги {code}: подтверждение не принято."
         try:
-            result = await self._engine.acknowledge(alert.alert_id, desks[0], "sms", phone)
-        except AckRefused:
+            if not desks:
+                await self._engine.refuse(alert.alert_id, "sms", "not_routed", phone,
+                                          "the number is not on a desk this alert went to")
+            result = await self._engine.acknowledge(alert.alert_id, desks[0], "sms", phone, phone)
+        except AckRefused as exc:
+            if exc.reason == "not_routed":
+                return f"Номер не зарегистрирован для тревоги {code}: подтверждение не принято."
             return f"Код {code} не найден или тревога уже закрыта."
         if result.first:
             return f"Тревога {code} подтверждена. Спасибо."

@@ -13,7 +13,13 @@ from relay.ack_links import BadLink
 from relay.api.context import CONTEXT, ApiContext
 from relay.clock import to_datetime
 from relay.engine import AckRefused
-from relay.store.base import AlertRecord
+from relay.store.base import AlertRecord, EventRecord
+
+_REASONS = {
+    "link expired": "Срок действия ссылки истёк",
+    "link signature does not match (forged or altered)": "Ссылка подделана или изменена",
+    "malformed link": "Ссылка повреждена",
+}
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 STYLE = ("body{font-family:sans-serif;max-width:40em;margin:2em auto;padding:0 1em}"
@@ -58,11 +64,20 @@ async def _resolve(request: web.Request) -> tuple[ApiContext, AlertRecord, str] 
         link = ctx.ack_links.verify(request.match_info["token"], ctx.clock.now())
     except BadLink as exc:
         ctx.metrics.webhooks_rejected.labels("ack_link", "bad_token").inc()
-        return _refused(str(exc).capitalize())
+        await ctx.store.add_event(EventRecord("", ctx.clock.now(), "link_refused", {
+            "reason": str(exc), "from": request.remote or "", "method": request.method}))
+        return _refused(_REASONS.get(str(exc), "Ссылка повреждена"))
     alert = await ctx.store.get_alert(link.alert_id)
     if alert is None or link.desk_id not in alert.desks:
         return _refused("Тревога по этой ссылке не найдена")
     return ctx, alert, link.desk_id
+
+
+def _already(ctx: ApiContext, alert: AlertRecord) -> web.Response:
+    """A link used again after the alert was acknowledged: it changes nothing, and says so."""
+    return _page("Тревога уже подтверждена",
+                 _summary(ctx, alert) + "<h2 class='bad'>Ссылка больше не действует: тревога уже подтверждена</h2>"
+                 + _acked(alert), status=403)
 
 
 async def show(request: web.Request) -> web.Response:
@@ -71,7 +86,7 @@ async def show(request: web.Request) -> web.Response:
         return resolved
     ctx, alert, _ = resolved
     if alert.ack is not None:
-        return _page("Тревога подтверждена", _summary(ctx, alert) + _acked(alert))
+        return _already(ctx, alert)
     form = ("<form method='post'><p><label>Кто подтверждает: <input name='by' maxlength='100' "
             "autocomplete='name'></label></p><button type='submit'>Подтвердить</button></form>")
     return _page(f"Тревога {alert.short_code}", _summary(ctx, alert) + form)
@@ -82,12 +97,17 @@ async def confirm(request: web.Request) -> web.Response:
     if isinstance(resolved, web.Response):
         return resolved
     ctx, alert, desk_id = resolved
+    if alert.ack is not None:
+        await ctx.store.add_event(EventRecord(alert.alert_id, ctx.clock.now(), "link_refused", {
+            "reason": "used again after the ack", "desk_id": desk_id, "from": request.remote or ""}))
+        return _already(ctx, alert)
     form = await request.post()
     by = str(form.get("by", "")).strip()[:100] or "по ссылке из e-mail"
     try:
-        result = await ctx.engine.acknowledge(alert.alert_id, desk_id, "email", by)
-    except AckRefused as exc:
-        return _refused(str(exc))
-    after = result.alert
-    title = "Тревога подтверждена" if result.first else "Тревога уже была подтверждена"
-    return _page(title, _summary(ctx, after) + f"<h2>{title}</h2>" + _acked(after))
+        result = await ctx.engine.acknowledge(alert.alert_id, desk_id, "email", by, f"link {request.remote}")
+    except AckRefused:
+        return _refused("Подтверждение не принято")
+    if not result.first:  # another channel's ack won the race by a moment
+        return _already(ctx, result.alert)
+    return _page("Тревога подтверждена", _summary(ctx, result.alert) + "<h2 class='ok'>Тревога подтверждена. "
+                 "Спасибо.</h2>" + _acked(result.alert))

@@ -24,7 +24,7 @@ MAX_LIST = 1000
 
 def _shown(alert: AlertRecord, principal: Principal) -> AlertView:
     view = alert_view(alert)
-    if principal.role is Role.DESK:  # the caller's phone and name stay with the 112 centre
+    if principal.role is not Role.OPERATOR:  # the caller's phone and name stay with the 112 centre
         view.report = {k: v for k, v in view.report.items() if k != "caller"}
     return view
 
@@ -69,8 +69,8 @@ async def list_alerts(request: web.Request) -> web.Response:
         raise ApiError(
             422, "invalid_query", [{"field": "limit", "problem": f"an integer 1..{MAX_LIST}"}]
         ) from None
-    by_role = {"operator_id": principal.id} if principal.role is Role.OPERATOR else {"desk_id": principal.id}
-    alerts = await ctx.store.list_alerts(states=states, limit=limit, **by_role)
+    by_role = {Role.OPERATOR: {"operator_id": principal.id}, Role.DESK: {"desk_id": principal.id}}
+    alerts = await ctx.store.list_alerts(states=states, limit=limit, **by_role.get(principal.role, {}))
     body = [_shown(a, principal).model_dump(mode="json") for a in alerts]
     return web.json_response(text=json.dumps({"alerts": body}, ensure_ascii=False))
 
@@ -86,7 +86,7 @@ async def ack_alert(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_ack", [p.model_dump() for p in field_problems(exc)]) from None
     await _readable_alert(request, principal)
     try:
-        await ctx.engine.acknowledge(alert_id, principal.id, "http", body.by)
+        await ctx.engine.acknowledge(alert_id, principal.id, "http", body.by, f"http {request.remote}")
     except AckRefused as exc:
         raise ApiError(403, "forbidden", str(exc)) from None
     after = await ctx.store.get_alert(alert_id)
@@ -104,3 +104,20 @@ async def alert_history(request: web.Request) -> web.Response:
         for e in await ctx.store.events(alert.alert_id)
     ]
     return web.json_response(text=json.dumps({"alert_id": alert.alert_id, "events": events}, ensure_ascii=False))
+
+
+async def audit(request: web.Request) -> web.Response:
+    """Acks (with where they came from), refused acks, refused webhooks and links: for the on-call engineer."""
+    ctx = request.app[CONTEXT]
+    authenticate(request, ctx, Role.ENGINEER)
+    try:
+        limit = int(request.query.get("limit", "100"))
+        if not 1 <= limit <= MAX_LIST:
+            raise ValueError
+    except ValueError:
+        raise ApiError(422, "invalid_query", [{"field": "limit", "problem": f"an integer 1..{MAX_LIST}"}]) from None
+    events = [
+        {"alert_id": e.alert_id or None, "at": to_datetime(e.at).isoformat(), "kind": e.kind, "detail": e.detail}
+        for e in await ctx.store.audit_log(limit)
+    ]
+    return web.json_response(text=json.dumps({"events": events}, ensure_ascii=False))

@@ -92,6 +92,13 @@ def build_openapi(public_url: str) -> dict[str, Any]:
                 "security": secured, "parameters": [alert_id],
                 "responses": {"200": {"description": "events"}, **_errors(401, 403, 404)},
             }},
+            "/api/v1/audit": {"get": {
+                "summary": "Audit trail (engineer): acks with their source, refused acks, webhooks and links",
+                "security": secured,
+                "parameters": [{"name": "limit", "in": "query",
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+                "responses": {"200": {"description": "events, newest first"}, **_errors(401, 403, 422)},
+            }},
             "/api/v1/events": {"get": {
                 "summary": "Server-Sent Events: alert state changes (data: EventView JSON)", "security": secured,
                 "responses": {"200": {"description": "event stream",

@@ -28,6 +28,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         web.get("/api/v1/alerts/{alert_id}", alerts.get_alert),
         web.post("/api/v1/alerts/{alert_id}/ack", alerts.ack_alert),
         web.get("/api/v1/alerts/{alert_id}/history", alerts.alert_history),
+        web.get("/api/v1/audit", alerts.audit),
         web.get("/api/v1/events", stream.events),
         web.get("/api/v1/openapi.json", openapi),
         web.post("/webhooks/twilio/sms", webhooks.inbound_sms),

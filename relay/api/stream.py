@@ -18,6 +18,8 @@ from relay.events import StateEvent
 def _visible(principal: Principal, event: StateEvent) -> bool:
     if principal.role is Role.OPERATOR:
         return event.operator_id == principal.id
+    if principal.role is Role.ENGINEER:
+        return True
     return principal.id in event.desks
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from channels.sms import Delivery, SignatureError, check_signature, parse_inbound, parse_status_callback, twiml
 from relay.api.context import CONTEXT, ApiContext
 from relay.api.errors import ApiError
+from relay.store.base import EventRecord
 
 log = logging.getLogger("relay.api.webhooks")
 
@@ -25,6 +26,9 @@ async def _signed_form(request: web.Request, ctx: ApiContext, webhook: str) -> d
         ctx.metrics.webhooks_rejected.labels(webhook, "signature").inc()
         log.warning("webhook refused", extra={"event": "webhook_refused", "webhook": webhook, "reason": str(exc),
                                               "remote": request.remote})
+        await ctx.store.add_event(EventRecord("", ctx.clock.now(), "webhook_refused", {
+            "webhook": webhook, "reason": str(exc), "from": request.remote or "",
+            "claimed_sender": form.get("From", "")[:32]}))
         raise ApiError(403, "forbidden", str(exc)) from None
     return form
 

@@ -38,6 +38,7 @@ class AckRecord:
     by: str
     at: float
     latency_s: float
+    source: str = ""  # where it came from: a remote address, a phone number, an MQTT topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,13 @@ class Store(Protocol):
 
     async def set_sms_opt_out(self, phone: str, opted_out: bool, at: float) -> None: ...
 
-    async def add_event(self, event: EventRecord) -> None: ...
+    async def add_event(self, event: EventRecord) -> None:
+        """History of an alert; with alert_id "" an event of the relay as a whole (a refused webhook)."""
+        ...
+
+    async def audit_log(self, limit: int) -> list[EventRecord]:
+        """The newest acks, refused acks and refused webhooks and links, newest first."""
+        ...
 
     async def events(self, alert_id: str) -> list[EventRecord]: ...
 

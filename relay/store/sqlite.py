@@ -70,7 +70,8 @@ _DELIVERY_COLS = (
     "delivery_id, alert_id, desk_id, channel, target, state, attempts, sent_at, delivered_at, error, permanent, "
     "attempted_at"
 )
-_ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s"
+_ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s, source"
+AUDIT_KINDS = ("acknowledged", "duplicate_ack", "ack_refused", "webhook_refused", "link_refused")
 
 
 class SQLiteStore:
@@ -336,6 +337,15 @@ class SQLiteStore:
             EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows
         ]
 
+    async def audit_log(self, limit: int) -> list[EventRecord]:
+        marks = ",".join("?" * len(AUDIT_KINDS))
+        rows = self._read().execute(
+            f"SELECT alert_id, at, kind, detail_json FROM events WHERE kind IN ({marks}) "  # noqa: S608
+            "ORDER BY id DESC LIMIT ?",
+            (*AUDIT_KINDS, limit),
+        ).fetchall()
+        return [EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
     async def check_writable(self) -> None:
         await self._write(_op_heartbeat)
 
@@ -506,10 +516,11 @@ def _op_record_ack(conn: sqlite3.Connection, ack: AckRecord) -> AckResult | None
         return None
     first = alert.ack is None
     conn.execute(
-        "INSERT INTO acks (alert_id, desk_id, channel, by, at, latency_s, first) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (ack.alert_id, ack.desk_id, ack.channel, ack.by, ack.at, ack.latency_s, int(first)),
+        "INSERT INTO acks (alert_id, desk_id, channel, by, at, latency_s, first, source) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (ack.alert_id, ack.desk_id, ack.channel, ack.by, ack.at, ack.latency_s, int(first), ack.source),
     )
-    detail = {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by}
+    detail = {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "from": ack.source}
     if not first:
         _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", detail))
         return AckResult(first=False, alert=alert)

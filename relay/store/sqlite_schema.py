@@ -86,6 +86,11 @@ MIGRATIONS: list[str] = [
         at    REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: the audit trail: where each ack came from, and a way to list acks and refusals across alerts
+    """
+    ALTER TABLE acks ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    CREATE INDEX events_kind ON events (kind, id);
+    """,
 ]
 
 
