@@ -150,7 +150,8 @@ class Relay:
         )
         auth = Authenticator(s.operators, s.desks, s.engineers)
         intake = Intake(engine, self.clock, self.metrics)
-        report_intake = MqttReportIntake(intake, mqtt, topics, auth.operator_ids)
+        limiter = RateLimiter(s.http.rate_per_s, s.http.rate_burst)
+        report_intake = MqttReportIntake(intake, mqtt, topics, auth.operator_ids, limiter, self.clock)
         mqtt.listen(engine, {topics.reports_filter: report_intake.on_report})
         self.metrics.channel_up.labels(mqtt.name).set(0)
         for channel in backups:
@@ -161,7 +162,7 @@ class Relay:
             ApiContext(
                 public_url=s.http.public_url,
                 auth=auth,
-                limiter=RateLimiter(s.http.rate_per_s, s.http.rate_burst),
+                limiter=limiter,
                 intake=intake,
                 engine=engine,
                 store=store,

@@ -6,7 +6,9 @@ import json
 from collections.abc import Collection
 
 from channels.mqtt import MqttChannel, RawMessage
+from relay.clock import Clock
 from relay.intake import Intake, Outcome
+from relay.ratelimit import RateLimiter
 from relay.topics import Topics
 
 # Bigger than any valid report; a bigger payload is refused before parsing.
@@ -14,19 +16,31 @@ MAX_REPORT_BYTES = 64 * 1024
 
 
 class MqttReportIntake:
-    def __init__(self, intake: Intake, channel: MqttChannel, topics: Topics, operator_ids: Collection[str]) -> None:
+    """The same validation, limits and answers as over HTTP; the operator is the topic's last level (the broker's
+    ACL lets each operator publish only under its own id)."""
+
+    def __init__(
+        self, intake: Intake, channel: MqttChannel, topics: Topics, operator_ids: Collection[str],
+        limiter: RateLimiter, clock: Clock,
+    ) -> None:
         self._intake, self._channel, self._topics, self._operators = intake, channel, topics, operator_ids
+        self._limiter, self._clock = limiter, clock
 
     async def on_report(self, message: RawMessage) -> None:
         operator_id = Topics.last_level(message.topic)
+        if len(message.payload) > MAX_REPORT_BYTES:
+            self._intake.reject("too_large", operator_id, "mqtt")
+            await self._answer(operator_id, None, "too_large", f"report over {MAX_REPORT_BYTES} bytes")
+            return
         report_id = _report_id_of(message.payload)
         if operator_id not in self._operators:
             self._intake.reject("unknown_operator", operator_id, "mqtt")
             await self._answer(operator_id, report_id, "unknown_operator", f"no operator {operator_id!r} configured")
             return
-        if len(message.payload) > MAX_REPORT_BYTES:
-            self._intake.reject("too_large", operator_id, "mqtt")
-            await self._answer(operator_id, report_id, "too_large", f"report over {MAX_REPORT_BYTES} bytes")
+        wait = self._limiter.take(operator_id, self._clock.now())  # one budget per operator, HTTP and MQTT
+        if wait > 0:
+            self._intake.reject("rate_limited", operator_id, "mqtt")
+            await self._answer(operator_id, report_id, "rate_limited", {"retry_after_s": round(wait, 3)})
             return
         result = await self._intake.submit(operator_id, message.payload, "mqtt")
         if result.outcome is Outcome.INVALID:
