@@ -290,10 +290,12 @@ async def _unless_disconnected(client: aiomqtt.Client, call: Awaitable[object]) 
 
 def parse_reply(payload: bytes) -> tuple[str, InboundKind, str]:
     """`{"alert_id": <ref>, "kind": "received"|"ack", "by": <name>}` -> (ref, kind, by); ValueError names the field."""
+    if len(payload) > 4096:  # an ack is a few dozen bytes
+        raise ValueError("body: over 4096 bytes")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"body: not JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"body: not JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise ValueError("body: must be a JSON object")
     ref = data.get("alert_id")

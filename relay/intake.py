@@ -67,10 +67,16 @@ class Intake:
         )
 
 
+# Answers name the fields but never echo a hostile body back: long names are cut, and the list is capped.
+MAX_PROBLEMS, MAX_FIELD_NAME = 50, 80
+
+
 def field_problems(exc: ValidationError) -> list[FieldProblem]:
     problems = []
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in exc.errors(include_url=False, include_input=False)[:MAX_PROBLEMS]:
         loc = ".".join(str(p) for p in err["loc"]) or "body"
+        if len(loc) > MAX_FIELD_NAME:
+            loc = loc[: MAX_FIELD_NAME - 1] + "…"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"

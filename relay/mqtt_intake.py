@@ -57,7 +57,7 @@ def _report_id_of(payload: bytes) -> str | None:
     """The report_id, if one can be read, so the 112 system can match the rejection to what it sent."""
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # hostile nesting included
         return None
     rid = data.get("report_id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str) and len(rid) <= 64 else None
