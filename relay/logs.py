@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp.http_exceptions import BadHttpMessage
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -27,6 +29,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class _BadRequestsAreWarnings(logging.Filter):
+    """aiohttp logs a malformed request from a client (a NUL in a header, say) as an error of the server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+            record.msg = f"malformed request refused: {exc.message}"
+            record.args = ()
+        return True
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -36,4 +51,5 @@ def configure(level: str) -> None:
     # paho logs every packet at debug and its own view of disconnects at warning; the channel reports those.
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_BadRequestsAreWarnings())
     logging.getLogger("twilio").setLevel(logging.WARNING)  # it logs every request at info
