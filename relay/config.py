@@ -287,6 +287,9 @@ class Settings(BaseSettings):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate id {', '.join(dupes)}")
+        shared = sorted({o.id for o in self.operators} & {d.id for d in self.desks})
+        if shared:  # they are MQTT user names too: the broker's ACL tells them apart by name
+            raise ValueError(f"an operator and a desk share the id {', '.join(shared)}")
         digests = [p.token_digest for p in [*self.operators, *self.desks, *self.engineers]]
         if len(set(digests)) != len(digests):
             raise ValueError("two operators or desks share one token")

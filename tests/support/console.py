@@ -16,8 +16,11 @@ class MqttPeer:
     """Subscribes to `topics`, collects what arrives, can publish. A persistent session that reconnects by
     itself when the broker goes away and comes back, as a real console does."""
 
-    def __init__(self, port: int, identifier: str, topics: list[str]) -> None:
+    def __init__(self, port: int, identifier: str, topics: list[str], *, username: str | None = None,
+                 password: str | None = None, ca_file: str | None = None) -> None:
         self.port, self.identifier, self.topics = port, identifier, topics
+        self._login = {"username": username, "password": password}
+        self._tls = aiomqtt.TLSParameters(ca_certs=ca_file) if ca_file else None
         self.messages: asyncio.Queue[tuple[str, dict[str, Any], aiomqtt.Message]] = asyncio.Queue()
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -40,7 +43,7 @@ class MqttPeer:
         props.SessionExpiryInterval = 3600
         client = aiomqtt.Client("127.0.0.1", self.port, identifier=self.identifier,
                                 protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
-                                keepalive=2)
+                                keepalive=2, tls_params=self._tls, **self._login)
         while True:
             try:
                 async with client:
@@ -85,8 +88,8 @@ class MqttPeer:
 
 
 class Console(MqttPeer):
-    def __init__(self, port: int, desk_id: str, prefix: str = "uav") -> None:
-        super().__init__(port, f"console-{desk_id}", [f"{prefix}/alerts/{desk_id}"])
+    def __init__(self, port: int, desk_id: str, prefix: str = "uav", **login: str) -> None:
+        super().__init__(port, f"console-{desk_id}", [f"{prefix}/alerts/{desk_id}"], **login)
         self.desk_id, self.prefix = desk_id, prefix
 
     async def next_alert(self, timeout: float = 5.0) -> dict[str, Any]:
