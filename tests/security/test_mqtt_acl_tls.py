@@ -38,6 +38,15 @@ def make_certificates(d: Path) -> Path:
     return d / "ca.pem"
 
 
+def make_password_file(d: Path) -> Path:
+    passwd = d / "passwd"
+    for n, (user, password) in enumerate(USERS.items()):
+        subprocess.run(["mosquitto_passwd", *(["-c"] if n == 0 else []), "-b", str(passwd), user, password],
+                       check=True, capture_output=True)
+    passwd.chmod(0o644)
+    return passwd
+
+
 @dataclass
 class Secured:
     relay: RunningRelay
@@ -54,11 +63,7 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     d = tmp_path / "tls"
     d.mkdir()
     ca = make_certificates(d)
-    passwd = d / "passwd"
-    for n, (user, password) in enumerate(USERS.items()):
-        subprocess.run(["mosquitto_passwd", *(["-c"] if n == 0 else []), "-b", str(passwd), user, password],
-                       check=True, capture_output=True)
-    passwd.chmod(0o644)
+    passwd = make_password_file(d)
     broker_dir = tmp_path / "broker"
     broker_dir.mkdir()
     broker = Mosquitto(broker_dir, extra_conf=(
