@@ -29,7 +29,9 @@ from relay.ratelimit import RateLimiter
 from relay.render import Renderer
 from relay.routing import Desk
 from relay.sms_replies import SmsReplies
+from relay.store.base import StoreUnavailable
 from relay.store.sqlite import SQLiteStore
+from relay.systemd import Notifier
 from relay.topics import Topics
 
 log = logging.getLogger("relay.daemon")
@@ -111,6 +113,13 @@ class Relay:
             load_or_create_key(s.http.ack_link_key.get_secret_value(), s.relay.data_dir), s.http.ack_link_ttl_s
         )
         engine: Engine | None = None
+
+        async def store_writable() -> bool:
+            try:
+                await store.check_writable()
+            except StoreUnavailable:
+                return False
+            return True
 
         async def replan(alert_id: str) -> None:
             assert engine is not None
@@ -199,9 +208,14 @@ class Relay:
             await http.start()
             self.http_port = http.port
             self.ready.set()
+            notifier = Notifier()
+            notifier.send("READY=1\nSTATUS=relaying")
+            watchdog_task = tg.create_task(notifier.watchdog(store_writable), name="watchdog")
             log.info("relay running", extra={"event": "relay_started", "port": http.port})
             await stop.wait()
 
+            notifier.send("STOPPING=1")
+            watchdog_task.cancel()
             log.info("stopping: intake closed, draining sends", extra={"event": "relay_stopping"})
             await http.stop()
             drained = await engine.drain(DRAIN_S)

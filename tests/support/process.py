@@ -27,9 +27,9 @@ class RelayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{settings['http']['port']}"
 
-    def start(self) -> None:
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
         assert self.proc is None, "already running"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | (extra_env or {})
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "relay", "run", "--config", str(self.config)],
                                          stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=self.workdir)
