@@ -58,6 +58,8 @@ class MqttSettings:
     session_expiry_s: int = 3600
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
+    # "5" (message expiry, session expiry) or "3.1.1" for a broker that speaks only that (the demo's embedded one)
+    protocol: str = "5"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ class MqttChannel:
         return SendResult.accepted()
 
     def _props(self, expiry_s: int | None) -> Properties | None:
-        if not expiry_s:
+        if not expiry_s or self._cfg.protocol != "5":
             return None
         props = self._expiry_props.get(expiry_s)
         if props is None:
@@ -174,8 +176,14 @@ class MqttChannel:
 
     def _new_client(self) -> aiomqtt.Client:
         cfg = self._cfg
+        v5 = cfg.protocol == "5"
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = cfg.session_expiry_s
+        session: dict[str, Any] = (
+            # the default clean_start would wipe the session on every reconnect
+            {"clean_start": cfg.session_expiry_s == 0, "properties": connect_props} if v5
+            else {"clean_session": cfg.session_expiry_s == 0}
+        )
         tls_params = None
         if cfg.tls:
             tls_params = aiomqtt.TLSParameters(
@@ -187,9 +195,8 @@ class MqttChannel:
             identifier=cfg.client_id,
             username=cfg.username or None,
             password=cfg.password or None,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=cfg.session_expiry_s == 0,  # the default would wipe the session on every reconnect
-            properties=connect_props,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            **session,
             keepalive=cfg.keepalive_s,
             timeout=cfg.subscribe_timeout_s,
             will=aiomqtt.Will(cfg.status_topic, b"offline", qos=1, retain=True),

@@ -18,6 +18,7 @@ from relay import logs
 from relay.channel_test import run_channel_test, table
 from relay.config import ConfigError, Settings, hash_token, load_settings
 from relay.daemon import Relay
+from relay.demo.run import run_demo
 
 log = logging.getLogger("relay.cli")
 
@@ -32,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate and print the effective config, secrets masked")
     check.add_argument("--config")
     sub.add_parser("hash-token", help="read a token on stdin, print its token_sha256 for the config")
+    demo = sub.add_parser("demo", help="the whole relay on this machine, with a failover, in a minute")
+    demo.add_argument("--reports", type=int, default=6)
+    demo.add_argument("--pause", type=float, default=2.0, help="seconds between sample reports")
+    demo.add_argument("--embedded-broker", action="store_true",
+                      help="use amqtt in this process even where Mosquitto is installed (MQTT 3.1.1)")
     test = sub.add_parser("test-channels", help="send a marked test message over each channel to each desk")
     test.add_argument("--config")
     test.add_argument("--wait", type=float, default=20.0, help="seconds to wait for receipts (default 20)")
@@ -39,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "hash-token":
         return _hash_token()
+    if args.command == "demo":
+        logs.configure("error")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(run_demo(args.reports, args.pause, args.embedded_broker))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

@@ -99,6 +99,7 @@ class MqttSection(Section):
     keepalive_s: int = Field(5, ge=1, le=3600)
     publish_timeout_s: float = Field(1.0, gt=0, le=60)
     session_expiry_s: int = Field(3600, ge=0)
+    protocol: Literal["5", "3.1.1"] = "5"
     reconnect_max_s: float = Field(5.0, gt=0, le=300)
 
     @model_validator(mode="after")

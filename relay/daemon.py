@@ -85,6 +85,7 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
         publish_timeout_s=m.publish_timeout_s,
         session_expiry_s=m.session_expiry_s,
         reconnect_max_s=m.reconnect_max_s,
+        protocol=m.protocol,
     )
 
 

@@ -339,7 +339,7 @@ async def test_status_callbacks_mark_an_sms_delivered_or_failed(setup: Setup) ->
     tampered = one.status_callback.replace(one.status_callback.rpartition("=")[2], "someone-else")
     from tests.support.twilio_fake import post_signed
 
-    assert await post_signed(tampered, {"MessageStatus": "delivered"}, signature="AAAA") == 403
+    assert (await post_signed(tampered, {"MessageStatus": "delivered"}, signature="AAAA"))[0] == 403
 
 
 async def test_sms_to_one_phone_in_a_surge_go_out_bundled(setup: Setup) -> None:
