@@ -28,9 +28,10 @@ find_python() {
   say "Python 3.11 to 3.13 is needed (Debian 12: apt-get install python3)"; return 1
 }
 
-# A venv with the package (and, with "dev", the test tools), made once and refreshed when pyproject changes.
+# A venv with the package and the extras asked for ("demo", "dev"), refreshed when pyproject.toml changes.
+# The extras installed so far are remembered, so `run` after `test` (or the other way) installs nothing twice.
 ensure_venv() {
-  local extra="${1:-}" py stamp want
+  local extras="${1:-}" py stamp hash have want
   py="$(find_python)"
   if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_install python3-venv
@@ -40,15 +41,18 @@ ensure_venv() {
     "$py" -m venv "$VENV"
   fi
   stamp="$VENV/.installed"
-  want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)-${extra:-base}"
-  if [ ! -f "$stamp" ] || { [ "$(cat "$stamp")" != "$want" ] && [ "$(cat "$stamp")" != "${want%-base}-dev" ]; }; then
-    say "installing uav-relay${extra:+ [$extra]} into the venv"
+  hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+  have=""
+  if [ -f "$stamp" ] && [ "$(head -n1 "$stamp")" = "$hash" ]; then have="$(tail -n +2 "$stamp")"; fi
+  want="$(printf '%s\n' ${have//,/ } ${extras//,/ } | sort -u | grep -v '^$' | paste -sd, -)"
+  if [ ! -f "$stamp" ] || [ "$(head -n1 "$stamp")" != "$hash" ] || [ "$want" != "$have" ]; then
+    say "installing uav-relay${want:+ [$want]} into the venv"
     mkdir -p "$ROOT/var"
     if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-           "$VENV/bin/python" -m pip install -q -e "$ROOT${extra:+[$extra]}"; } > "$ROOT/var/pip.log" 2>&1; then
+           "$VENV/bin/python" -m pip install -q -e "$ROOT${want:+[$want]}"; } > "$ROOT/var/pip.log" 2>&1; then
       tail -n 30 "$ROOT/var/pip.log" >&2; say "install failed (whole log: var/pip.log)"; return 1
     fi
-    echo "$want" > "$stamp"
+    printf '%s\n%s\n' "$hash" "$want" > "$stamp"
   fi
 }
 

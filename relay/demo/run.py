@@ -119,10 +119,13 @@ async def _run(settings: Settings, broker: DemoBroker, sms: TwilioSink, mails: _
             await relay.ready.wait()
             await _mqtt_up(url)  # a report before the broker connection is up would fail over at once
         _banner(url, broker, operator_token, desk_token)
-        console = tg.create_task(_console(broker.port, broker.protocol, rows))
+        console_ready = asyncio.Event()
+        console = tg.create_task(_console(broker.port, broker.protocol, rows, console_ready))
         replies = tg.create_task(_sms_replies(sms, rows, url))
         events = tg.create_task(_follow(url, operator_token, rows))
         try:
+            async with asyncio.timeout(10):
+                await console_ready.wait()  # the desk is watching before the first report comes
             await _post_reports(url, operator_token, broker, rows, count, pause_s)
             await _all_acknowledged(rows, within_s=60)
         finally:
@@ -165,13 +168,14 @@ async def _post_reports(url: str, token: str, broker: DemoBroker, rows: dict[str
             say("the MQTT broker is back")
 
 
-async def _console(port: int, protocol: str, rows: dict[str, Row]) -> None:
+async def _console(port: int, protocol: str, rows: dict[str, Row], ready: asyncio.Event) -> None:
     """A dispatcher's console: shows each alert, says `received`, and a person acks it a moment later."""
     version = aiomqtt.ProtocolVersion.V5 if protocol == "5" else aiomqtt.ProtocolVersion.V311
     while True:
         try:
             async with aiomqtt.Client("127.0.0.1", port, identifier="demo-console", protocol=version) as client:
                 await client.subscribe("uav/alerts/airfield-1", qos=1)
+                ready.set()
                 async for message in client.messages:
                     alert = json.loads(message.payload if isinstance(message.payload, bytes) else b"{}")
                     row = next((r for r in rows.values() if r.alert_id == alert["alert_id"]), None)
