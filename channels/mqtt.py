@@ -153,18 +153,13 @@ class MqttChannel:
         while True:
             try:
                 async with client:
-                    await self._on_connect(client)
-                    backoff.reset()
                     try:
-                        await self._consume(client)
+                        await self._serve(client, backoff)
+                    except asyncio.CancelledError:
+                        await self._say_offline(client)
+                        raise
                     finally:
-                        self._client = None
-                        self._connections += 1
-                        _wake_waiting_publishes(client)
-                        if not client._disconnected.done():
-                            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                                async with asyncio.timeout(self._cfg.publish_timeout_s):
-                                    await client.publish(self._cfg.status_topic, b"offline", qos=1, retain=True)
+                        self._lost(client)
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.health.set(HealthState.DOWN, str(exc) or type(exc).__name__)
@@ -173,6 +168,33 @@ class MqttChannel:
                 self.health.set(HealthState.DOWN, "channel stopped")
                 raise
             await asyncio.sleep(backoff.next_delay())
+
+    async def _serve(self, client: aiomqtt.Client, backoff: Backoff) -> None:
+        """Take in messages from the first moment: a persistent session may hold thousands queued while the relay
+        was away, and they arrive before the SUBACK; reading them only after subscribing could take longer than the
+        subscribe may, and the relay would reconnect for ever without catching up."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._consume(client))
+                await self._on_connect(client)
+                backoff.reset()
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None
+
+    def _lost(self, client: aiomqtt.Client) -> None:
+        """The connection is over: say so at once (the failover waits on it), and fail the publishes still waiting."""
+        self._client = None
+        self._connections += 1
+        _wake_waiting_publishes(client)
+        self.health.set(HealthState.DOWN, "connection lost")
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        # A clean disconnect sends no last will: leaving on purpose, the relay says `offline` itself.
+        if client._disconnected.done():
+            return
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(self._cfg.publish_timeout_s):
+                await client.publish(self._cfg.status_topic, b"offline", qos=1, retain=True)
 
     def _new_client(self) -> aiomqtt.Client:
         cfg = self._cfg

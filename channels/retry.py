@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -57,5 +58,9 @@ async def with_retries(
         reraise=True,
     ):
         with attempt:
-            return await call()
+            result = await call()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a library swallowed our cancellation: honour it
+                raise asyncio.CancelledError
+            return result
     raise AssertionError("tenacity ended without an outcome")  # reraise=True: never reached

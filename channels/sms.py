@@ -11,14 +11,10 @@ import enum
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.request_validator import RequestValidator
-from twilio.rest import Client
-from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
 from channels.breaker import CircuitBreaker
@@ -56,6 +52,14 @@ class TwilioSettings:
     retry_budget_s: float = 15.0
 
 
+class _Refused(Exception):
+    """Twilio answered 4xx: about this message or number, or the credentials; never retried."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class TwilioSmsChannel:
     name = "sms"
 
@@ -64,11 +68,14 @@ class TwilioSmsChannel:
         self.health = ChannelHealth(self.name)
         self.health.set(HealthState.UP, "no send yet")
         self.breaker = CircuitBreaker(self.health)
-        self._client: Client | None = None
-        self._http: AsyncTwilioHttpClient | None = None
+        self._client: Any = None  # twilio.rest.Client, imported when the channel starts (it is slow to import)
+        self._http: Any = None
 
     async def run(self) -> None:
         """Owns the HTTP session (it binds to the running loop); closes it when cancelled."""
+        from twilio.http.async_http_client import AsyncTwilioHttpClient
+        from twilio.rest import Client
+
         self._http = AsyncTwilioHttpClient()
         client = Client(self._cfg.account_sid, self._cfg.auth_token, http_client=self._http)
         client.api.base_url = self._cfg.api_base_url.rstrip("/")
@@ -95,12 +102,14 @@ class TwilioSmsChannel:
         except Transient as exc:
             self.breaker.failed(str(exc))
             return SendResult.failed(exc.reason, str(exc))
-        except TwilioRestException as exc:
-            return self._permanent(exc)
+        except _Refused as exc:
+            return self._permanent(exc.error)
         self.breaker.succeeded()
         return SendResult.accepted(provider_ref=sid)
 
-    async def _create(self, client: Client, msg: Outgoing, callback: str) -> str:
+    async def _create(self, client: Any, msg: Outgoing, callback: str) -> str:
+        from twilio.base.exceptions import TwilioException, TwilioRestException
+
         try:
             async with asyncio.timeout(self._cfg.timeout_s):
                 created = await client.messages.create_async(
@@ -120,7 +129,7 @@ class TwilioSmsChannel:
                 raise Transient(FailureReason.RATE_LIMITED, f"Twilio 429 (code {exc.code})") from None
             if exc.status >= 500:
                 raise Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
-            raise
+            raise _Refused(exc) from None
         except TwilioException as exc:  # an answer the client could not read: treat as a server fault
             raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {exc}") from None
         return str(created.sid)
@@ -134,7 +143,7 @@ class TwilioSmsChannel:
             message = await client.messages(sid).fetch_async()
         return str(message.status)
 
-    def _permanent(self, exc: TwilioRestException) -> SendResult:
+    def _permanent(self, exc: Any) -> SendResult:
         code = int(exc.code) if isinstance(exc.code, int) else exc.status
         if exc.status in (401, 403):
             self.breaker.failed(f"Twilio refused the credentials (code {code})")
@@ -155,6 +164,8 @@ def check_signature(auth_token: str, url: str, params: Mapping[str, str], signat
     """Twilio signs the full URL it called (as configured: scheme, host, path, query) and every POST field."""
     if not signature:
         raise SignatureError("no X-Twilio-Signature header")
+    from twilio.request_validator import RequestValidator
+
     if not RequestValidator(auth_token).validate(url, dict(params), signature):
         raise SignatureError("X-Twilio-Signature does not match")
 
@@ -217,6 +228,8 @@ def opt_keyword(body: str) -> str | None:
 
 def twiml(message: str | None) -> str:
     """The answer to an inbound SMS: a reply text, or none."""
+    from twilio.twiml.messaging_response import MessagingResponse
+
     response = MessagingResponse()
     if message:
         response.message(message)

@@ -15,10 +15,8 @@ import tomli_w
 import uvloop
 
 from relay import logs
-from relay.channel_test import run_channel_test, table
 from relay.config import ConfigError, Settings, hash_token, load_settings
 from relay.daemon import Relay
-from relay.demo.run import run_demo
 
 log = logging.getLogger("relay.cli")
 
@@ -46,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash-token":
         return _hash_token()
     if args.command == "demo":
+        from relay.demo.run import run_demo
+
         logs.configure("error")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(run_demo(args.reports, args.pause, args.embedded_broker))
@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render_config(settings), end="")
         return 0
     if args.command == "test-channels":
+        from relay.channel_test import run_channel_test, table
+
         logs.configure("warning")
         results = asyncio.run(run_channel_test(settings, args.wait))
         print(table(results))

@@ -20,12 +20,14 @@ from relay.metrics import Metrics
 from relay.sms_bundler import SmsBundler, SmsItem
 from relay.states import OPEN_ALERT_STATES
 from relay.store.base import AlertRecord, AttemptOutcome, DeliveryRecord, Store, StoreUnavailable
+from relay.tasks import stop_if_cancelled
 from relay.topics import Topics
 
 log = logging.getLogger("relay.dispatch")
 
-WORKERS = 64
-
+# Workers per channel, each channel with its own queue: a slow e-mail server (every unacknowledged alert sends
+# a round of e-mail every repeat) must never hold an MQTT alert behind it.
+WORKERS = {"mqtt": 64, "email": 16}
 
 @dataclass(frozen=True, slots=True)
 class _Job:
@@ -54,7 +56,7 @@ class Dispatcher:
         self._topics, self._clock, self._metrics = topics, clock, metrics
         self._expiry_s, self._sms_validity_s = message_expiry_s, sms_validity_s
         self._ack_links, self._public_url, self._on_failure = ack_links, public_url, on_failure
-        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queues: dict[str, asyncio.Queue[_Job]] = {name: asyncio.Queue() for name in WORKERS}
         self._in_flight: set[str] = set()  # delivery ids queued here or being sent
         self._bundler = SmsBundler(sms_bundle_window_s, self._send_sms, clock)
 
@@ -66,27 +68,30 @@ class Dispatcher:
             if d.channel == "sms":
                 self._bundler.add(SmsItem(alert, d))
             else:
-                self._jobs.put_nowait(_Job(alert, d))
+                self._queues[d.channel].put_nowait(_Job(alert, d))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            for _ in range(WORKERS):
-                tg.create_task(self._worker())
+            for channel, count in WORKERS.items():
+                for _ in range(count):
+                    tg.create_task(self._worker(self._queues[channel]))
             tg.create_task(self._bundler.run())
 
     async def drain(self, within_s: float) -> bool:
         """Wait until every send handed over so far has finished, at most `within_s`; False if some did not."""
         try:
             async with asyncio.timeout(within_s):
-                await self._jobs.join()
+                for queue in self._queues.values():
+                    await queue.join()
                 await self._bundler.idle()
         except TimeoutError:
             return False
         return True
 
-    async def _worker(self) -> None:
+    async def _worker(self, queue: asyncio.Queue[_Job]) -> None:
         while True:
-            job = await self._jobs.get()
+            stop_if_cancelled()
+            job = await queue.get()
             try:
                 await self._send(job.alert, job.delivery)
             except StoreUnavailable as exc:
@@ -94,7 +99,7 @@ class Dispatcher:
                           extra={"event": "delivery_unrecorded", "alert_id": job.alert.alert_id, "error": str(exc)})
             finally:
                 self._in_flight.discard(job.delivery.delivery_id)
-                self._jobs.task_done()
+                queue.task_done()
 
     async def _send(self, alert: AlertRecord, d: DeliveryRecord) -> None:
         if d.channel == "mqtt":

@@ -48,8 +48,8 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # paho logs every packet at debug and its own view of disconnects at warning; the channel reports those.
-    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    # paho logs every packet at debug and a dropped connection as an error; the channel reports those itself.
+    logging.getLogger("mqtt").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(_BadRequestsAreWarnings())
     logging.getLogger("twilio").setLevel(logging.WARNING)  # it logs every request at info

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from relay.clock import Clock, sleep_until_or
 from relay.store.base import AlertRecord, DeliveryRecord
+from relay.tasks import stop_if_cancelled
 
 MAX_SENDS_IN_FLIGHT = 32
 
@@ -64,6 +65,7 @@ class SmsBundler:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._flusher())
             while True:
+                stop_if_cancelled()
                 phone, items = await self._ready.get()
                 await limit.acquire()
                 tg.create_task(self._send_one(phone, items, limit))

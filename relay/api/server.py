@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from relay.api import ack_page, alerts, ops, reports, stream, webhooks
+from relay.api import ack_page, alerts, consoles, ops, reports, stream, webhooks
 from relay.api.context import CONTEXT, ApiContext
 from relay.api.errors import error_middleware
 from relay.api.openapi import openapi
@@ -38,6 +38,12 @@ def build_app(ctx: ApiContext) -> web.Application:
         web.get("/healthz", ops.healthz),
         web.get("/readyz", ops.readyz),
         web.get("/metrics", ops.metrics),
+        web.get("/console", consoles.index),
+        web.get("/console/", consoles.index),
+        web.get("/console/dispatcher", consoles.dispatcher),
+        web.get("/console/operator", consoles.operator),
+        web.get("/console/session", consoles.session),
+        web.get("/console/static/{name}", consoles.static),
     ])
     return app
 
