@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from channels.base import Channel
@@ -89,6 +90,16 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
     )
 
 
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """paho, under aiomqtt, registers a writer on a socket the broker just closed; the event loop reports that as
+    an error in a callback. It is harmless (the channel reconnects) and must not page anyone."""
+    message = str(context.get("message", ""))
+    if isinstance(context.get("exception"), (OSError, KeyError)) and "_writer" in message:
+        log.warning("broker socket closed under the MQTT client", extra={"event": "mqtt_socket_closed"})
+        return
+    loop.default_exception_handler(context)
+
+
 class Relay:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -100,6 +111,7 @@ class Relay:
         self.store: SQLiteStore | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        asyncio.get_running_loop().set_exception_handler(_loop_error)
         s = self.settings
         topics = Topics(s.mqtt.topic_prefix)
         store = self.store = await SQLiteStore.open(s.store.sqlite_path)
