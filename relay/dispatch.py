@@ -108,6 +108,9 @@ class Dispatcher:
                 body=render.mqtt_alert(alert, d.desk_id, self._topics.acks(d.desk_id)),
             )
         else:
+            if not await self._still_open(alert.alert_id):  # acked while this waited for a worker: not sent
+                await self._store.finish_attempt(d.delivery_id, AttemptOutcome.CANCELLED, self._clock.now())
+                return
             url = f"{self._public_url}/ack/{self._ack_links.token(alert.alert_id, d.desk_id, self._clock.now())}"
             msg = Outgoing(
                 key=d.delivery_id, target=d.target, subject=self._render.email_subject(alert),
@@ -121,8 +124,7 @@ class Dispatcher:
         try:
             still_open = []
             for item in items:
-                current = await self._store.get_alert(item.alert.alert_id)
-                if current is not None and current.state in OPEN_ALERT_STATES:
+                if await self._still_open(item.alert.alert_id):
                     still_open.append(item)
                 else:
                     await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
@@ -143,6 +145,10 @@ class Dispatcher:
         finally:
             for item in items:
                 self._in_flight.discard(item.delivery.delivery_id)
+
+    async def _still_open(self, alert_id: str) -> bool:
+        current = await self._store.get_alert(alert_id)
+        return current is not None and current.state in OPEN_ALERT_STATES
 
     async def _deliver(self, channel: str, msg: Outgoing) -> SendResult:
         started = time.perf_counter()

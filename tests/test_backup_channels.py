@@ -146,7 +146,8 @@ async def test_an_ack_stops_every_pending_send(setup: Setup, via: str) -> None:
     async with Console(setup.broker.port, "airfield-1") as console:
         _, accepted = await setup.relay.post_report(report("ack-stops"))
         alert = await console.next_alert()
-        await setup.twilio.wait_for(2, timeout=3)  # the first backup round went out
+        await setup.twilio.wait_for(2, timeout=3)  # the first backup round went out, SMS ...
+        await setup.smtp.wait_for(1, timeout=3)  # ... and e-mail (sends already under way cannot be recalled)
         if via == "mqtt":
             await console.ack(alert["alert_id"], by="Майор Иванов")
         else:

@@ -109,6 +109,26 @@ const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 5000;
 const SILENT_MS = 45000;
 
+/** Follow the relay's event stream: show the connection state, reload on (re)connect, refresh what an event names.
+ *  Returns a function telling whether the stream is up now. */
+export function followRelay(session, {reload, refresh}) {
+  let online = false;
+  new EventStream(session.token, {
+    onOpen: () => {
+      online = true;
+      showConnection('online');
+      reload();
+    },
+    onEvent: (event) => refresh(event.alert_id),
+    onDown: (retryMs) => {
+      online = false;
+      showConnection('offline', retryMs);
+    },
+    onUnauthorized: () => session.logout(t('login.bad_token')),
+  }).start();
+  return () => online;
+}
+
 export class EventStream {
   constructor(token, {onOpen, onEvent, onDown, onUnauthorized}) {
     Object.assign(this, {token, onOpen, onEvent, onDown, onUnauthorized});

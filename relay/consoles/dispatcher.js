@@ -1,7 +1,7 @@
 // The dispatcher's console: this desk's open alerts, newest first, live; an alarm and a flashing card for each
 // new one until it is acknowledged; one button to acknowledge; acknowledged alerts below as history.
 import {
-  $, AlertTable, EventStream, Offline, altitudeText, api, channelName, channelStates, clock, compass, duration,
+  $, AlertTable, Offline, followRelay, altitudeText, api, channelName, channelStates, clock, compass, duration,
   el, enumLabel, login, newestFirst, placeLines, serverNow, showConnection, t,
 } from './common.js';
 
@@ -17,7 +17,7 @@ const seen = new Set(); // every alert this page has shown: the alarm sounds onc
 const flashing = new Set(); // new and not acknowledged yet
 const cards = new Map(); // alert_id -> {node, body, button, note}
 let session = null;
-let online = false;
+let isOnline = () => false; // replaced by followRelay once logged in
 let audio = null;
 
 // ---- sound ----------------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ async function reload() {
 }
 
 function poll() {
-  if (!online) return;
+  if (!isOnline()) return;
   const stirring = table.all().filter((a) => isOpen(a) && a.deliveries.some((d) => d.state === 'queued'));
   for (const alert of stirring.slice(0, 10)) refresh(alert.alert_id);
 }
@@ -327,23 +327,10 @@ function start(s) {
   document.addEventListener('keydown', unlockAudio, {once: true});
   paintSound();
   render();
-  const stream = new EventStream(session.token, {
-    onOpen: () => {
-      online = true;
-      showConnection('online');
-      reload();
-    },
-    onEvent: (event) => refresh(event.alert_id),
-    onDown: (retryMs) => {
-      online = false;
-      showConnection('offline', retryMs);
-    },
-    onUnauthorized: () => session.logout(t('login.bad_token')),
-  });
-  stream.start();
+  isOnline = followRelay(session, {reload, refresh});
   setInterval(tick, 1000);
   setInterval(poll, POLL_MS);
-  setInterval(() => { if (online) reload(); }, RELOAD_MS);
+  setInterval(() => { if (isOnline()) reload(); }, RELOAD_MS);
   setInterval(() => { if (flashing.size) alarm(); }, ALARM_REPEAT_MS);
 }
 

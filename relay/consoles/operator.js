@@ -1,7 +1,7 @@
 // The 112 operator's console: a form to flag a report fast, keyboard only, and below it what became of the
 // operator's recent reports (sent, delivered, acknowledged by whom and how fast, or not), live.
 import {
-  $, AlertTable, EventStream, Offline, S, api, clock, el, enumLabel, login, newestFirst, placeLines, serverNow,
+  $, AlertTable, Offline, followRelay, S, api, clock, el, enumLabel, login, newestFirst, placeLines, serverNow,
   shownState, showConnection, stateDetail, t,
 } from './common.js';
 
@@ -13,7 +13,7 @@ const table = new AlertTable();
 const form = $('report');
 const observed = $('f-observed_at');
 let session = null;
-let online = false;
+let isOnline = () => false; // replaced by followRelay once logged in
 let busy = false;
 let observedTouched = false;
 // A send that failed on the way (no answer, 503) is sent again with the same report_id while the form is
@@ -282,7 +282,7 @@ async function reload() {
 }
 
 function poll() {
-  if (!online) return;
+  if (!isOnline()) return;
   const stirring = table.all().filter((a) => (a.state === 'pending' || a.state === 'delivered')
     && a.deliveries.some((d) => d.state === 'queued'));
   for (const alert of stirring.slice(0, 10)) refresh(alert.alert_id);
@@ -309,23 +309,10 @@ function start(s) {
     if (slot) slot.textContent = '';
   });
   $('f-lat').focus();
-  const stream = new EventStream(session.token, {
-    onOpen: () => {
-      online = true;
-      showConnection('online');
-      reload();
-    },
-    onEvent: (event) => refresh(event.alert_id),
-    onDown: (retryMs) => {
-      online = false;
-      showConnection('offline', retryMs);
-    },
-    onUnauthorized: () => session.logout(t('login.bad_token')),
-  });
-  stream.start();
+  isOnline = followRelay(session, {reload, refresh});
   setInterval(showNow, 1000);
   setInterval(poll, POLL_MS);
-  setInterval(() => { if (online) reload(); }, RELOAD_MS);
+  setInterval(() => { if (isOnline()) reload(); }, RELOAD_MS);
 }
 
 login('operator', start);
