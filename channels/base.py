@@ -34,7 +34,6 @@ class Outgoing:
     subject: str = ""
     html: str = ""
     expiry_s: int | None = None
-    content_type: str = "application/json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._open_until = 0.0
-        self.last_success: float | None = None  # wall-clock time of the last accepted send
 
     def allow(self) -> bool:
         """May a send go to the provider now? (While open, no; once the cool-down is over, one may try.)"""
@@ -35,7 +34,6 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         self._failures = 0
-        self.last_success = time.time()
         self._health.set(HealthState.UP, "last send accepted")
 
     def retrying(self, detail: str) -> None:

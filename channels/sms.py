@@ -34,7 +34,6 @@ PERMANENT_CODES = {
     21212: "invalid 'From' number",
     21617: "body too long",
 }
-OPTED_OUT = 21610
 # Twilio drops a message it could not hand over within ValidityPeriod; it accepts 1..36000 s.
 MAX_VALIDITY_S = 36000
 

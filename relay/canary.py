@@ -31,8 +31,7 @@ class Canary:
 
     async def _send(self, channel: Channel, target: str, now: float) -> None:
         msg = Outgoing(key=f"{CHANNEL_TEST_PREFIX}canary-{int(now)}", target=target, body=CANARY_TEXT.encode(),
-                       subject="[БПЛА] канарейка: проверка канала e-mail (не тревога)", expiry_s=600,
-                       content_type="text/plain")
+                       subject="[БПЛА] канарейка: проверка канала e-mail (не тревога)", expiry_s=600)
         result = await channel.send(msg)
         outcome = "ok" if result.ok else (result.reason.value if result.reason else "failed")
         self._metrics.canary.labels(channel.name, outcome).inc()

@@ -195,7 +195,7 @@ class Relay:
                 renderer=renderer,
                 ack_links=ack_links,
                 sms=SmsWebhooks(
-                    s.sms.auth_token.get_secret_value(), SmsReplies(engine, store, desks, self.clock, self.metrics)
+                    s.sms.auth_token.get_secret_value(), SmsReplies(engine, store, desks, self.clock)
                 ) if sms else None,
             ),
             s.http.host,

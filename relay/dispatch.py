@@ -115,7 +115,6 @@ class Dispatcher:
             msg = Outgoing(
                 key=d.delivery_id, target=d.target, subject=self._render.email_subject(alert),
                 body=self._render.email_text(alert, url).encode(), html=self._render.email_html(alert, url),
-                content_type="text/plain",
             )
         await self._record(alert, d, await self._deliver(d.channel, msg))
 
@@ -134,7 +133,7 @@ class Dispatcher:
                 batch = [by_alert[a.alert_id] for a in alerts]
                 msg = Outgoing(
                     key=",".join(i.delivery.delivery_id for i in batch), target=phone, body=text.encode(),
-                    expiry_s=self._sms_validity_s, content_type="text/plain",
+                    expiry_s=self._sms_validity_s,
                 )
                 result = await self._deliver("sms", msg)
                 for i in batch:

@@ -135,10 +135,6 @@ class Report(_Strict):
     def as_submitted(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True)
 
-    def without_caller(self) -> dict[str, Any]:
-        """What may leave the relay: the caller's phone and name never do."""
-        return self.model_dump(mode="json", exclude_unset=True, exclude={"caller"})
-
 
 def validate_report(body: bytes | str, now: datetime) -> Report:
     return Report.model_validate_json(body, context={"now": now})

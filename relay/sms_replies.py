@@ -13,7 +13,6 @@ from channels.sms import InboundSms, opt_keyword
 from relay import short_code
 from relay.clock import Clock
 from relay.engine import AckRefused, Engine
-from relay.metrics import Metrics
 from relay.routing import Desk
 from relay.store.base import Store
 
@@ -21,8 +20,8 @@ log = logging.getLogger("relay.sms_replies")
 
 
 class SmsReplies:
-    def __init__(self, engine: Engine, store: Store, desks: Sequence[Desk], clock: Clock, metrics: Metrics) -> None:
-        self._engine, self._store, self._clock, self._metrics = engine, store, clock, metrics
+    def __init__(self, engine: Engine, store: Store, desks: Sequence[Desk], clock: Clock) -> None:
+        self._engine, self._store, self._clock = engine, store, clock
         self._desks_by_phone: dict[str, list[str]] = {}
         for desk in desks:
             for phone in desk.sms:

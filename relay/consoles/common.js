@@ -263,7 +263,13 @@ export function login(role, onReady) {
     $('app').hidden = false;
     $('tools').hidden = false;
     $('who').textContent = t(role === 'desk' ? 'dispatcher.desk' : 'operator.operator', {id});
-    onReady({token, id, logout});
+    // the API as this session: a 401 (the token was withdrawn) ends the session
+    const call = async (path, options) => {
+      const answer = await api(token, path, options);
+      if (answer.status === 401) logout(t('login.bad_token'));
+      return answer;
+    };
+    onReady({token, id, logout, call});
   };
 
   const showLogin = (message = '') => {

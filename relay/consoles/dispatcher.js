@@ -1,8 +1,8 @@
 // The dispatcher's console: this desk's open alerts, newest first, live; an alarm and a flashing card for each
 // new one until it is acknowledged; one button to acknowledge; acknowledged alerts below as history.
 import {
-  $, AlertTable, Offline, followRelay, altitudeText, api, channelName, channelStates, clock, compass, duration,
-  el, enumLabel, login, newestFirst, placeLines, serverNow, showConnection, t,
+  $, AlertTable, Offline, followRelay, altitudeText, channelName, channelStates, clock, compass, duration,
+  el, enumLabel, login, newestFirst, placeLines, serverNow, t,
 } from './common.js';
 
 const HISTORY = 20;
@@ -230,17 +230,11 @@ function announceFresh() {
   alarm();
 }
 
-async function call(path, options) {
-  const answer = await api(session.token, path, options);
-  if (answer.status === 401) session.logout(t('login.bad_token'));
-  return answer;
-}
-
 async function refresh(id) {
   const ticket = table.ticket();
   let answer;
   try {
-    answer = await call(`/api/v1/alerts/${encodeURIComponent(id)}`);
+    answer = await session.call(`/api/v1/alerts/${encodeURIComponent(id)}`);
   } catch (err) {
     if (err instanceof Offline) return; // the stream notices too, and reloads everything when it is back
     throw err;
@@ -256,9 +250,9 @@ async function reload() {
   let answers;
   try {
     answers = await Promise.all([
-      call(`/api/v1/alerts?state=open&limit=${OPEN_LIMIT}`),
-      call('/api/v1/alerts?state=unacknowledged&limit=50'),
-      call(`/api/v1/alerts?state=acknowledged&limit=${HISTORY}`),
+      session.call(`/api/v1/alerts?state=open&limit=${OPEN_LIMIT}`),
+      session.call('/api/v1/alerts?state=unacknowledged&limit=50'),
+      session.call(`/api/v1/alerts?state=acknowledged&limit=${HISTORY}`),
     ]);
   } catch (err) {
     if (err instanceof Offline) return;
@@ -292,7 +286,7 @@ async function acknowledge(id, button, note) {
   const ticket = table.ticket();
   let answer;
   try {
-    answer = await call(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, {method: 'POST', body: {by}});
+    answer = await session.call(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, {method: 'POST', body: {by}});
   } catch {
     note.textContent = t('dispatcher.ack_offline');
     button.disabled = false;

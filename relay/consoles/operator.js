@@ -2,7 +2,7 @@
 // operator's recent reports (sent, delivered, acknowledged by whom and how fast, or not), live.
 import {
   $, AlertTable, Offline, followRelay, S, api, clock, el, enumLabel, login, newestFirst, placeLines, serverNow,
-  shownState, showConnection, stateDetail, t,
+  shownState, stateDetail, t,
 } from './common.js';
 
 const RECENT = 50;
@@ -247,17 +247,11 @@ function render() {
   $('none-recent').hidden = recent.length > 0;
 }
 
-async function call(path, options) {
-  const answer = await api(session.token, path, options);
-  if (answer.status === 401) session.logout(t('login.bad_token'));
-  return answer;
-}
-
 async function refresh(id) {
   const ticket = table.ticket();
   let answer;
   try {
-    answer = await call(`/api/v1/alerts/${encodeURIComponent(id)}`);
+    answer = await session.call(`/api/v1/alerts/${encodeURIComponent(id)}`);
   } catch (err) {
     if (err instanceof Offline) return;
     throw err;
@@ -271,7 +265,7 @@ async function reload() {
   const ticket = table.ticket();
   let answer;
   try {
-    answer = await call(`/api/v1/alerts?limit=${RECENT}`);
+    answer = await session.call(`/api/v1/alerts?limit=${RECENT}`);
   } catch (err) {
     if (err instanceof Offline) return;
     throw err;

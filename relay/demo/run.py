@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,6 @@ class Row:
     posted: float
     alert_id: str = ""
     code: str = ""
-    via: set[str] = field(default_factory=set)
     console_at: float | None = None
     sms_at: float | None = None
     acked_via: str = ""

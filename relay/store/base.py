@@ -149,8 +149,6 @@ class Store(Protocol):
         """Mark a delivery as being sent (the outbox step before a send); None if the alert is closed."""
         ...
 
-    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> None: ...
-
     async def mark_delivered(
         self, alert_id: str, desk_id: str, channel: str, at: float
     ) -> ReceiptResult | None:

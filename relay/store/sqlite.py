@@ -259,9 +259,6 @@ class SQLiteStore:
 
     # ---- deliveries and acks -------------------------------------------------------------------------
 
-    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> None:
-        await self._write(functools.partial(_op_add_deliveries, deliveries=list(deliveries), at=time.time()))
-
     async def start_attempt(self, delivery_id: str, at: float) -> DeliveryRecord | None:
         return await self._write(functools.partial(_op_start_attempt, delivery_id=delivery_id, at=at))
 

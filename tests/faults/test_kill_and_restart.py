@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,19 @@ def process_settings(broker: Mosquitto, tmp_path: Path, **http: Any) -> dict[str
 
 
 @pytest.fixture
-def relay_process(tmp_path: Path) -> AsyncIterator[list[RelayProcess]]:
+def relay_process(tmp_path: Path) -> Iterator[list[RelayProcess]]:
     started: list[RelayProcess] = []
     yield started
     for p in started:
         p.stop()
+
+
+async def start_relay(cfg: dict[str, Any], tmp_path: Path, started: list[RelayProcess]) -> RelayProcess:
+    relay = RelayProcess(cfg, tmp_path)
+    started.append(relay)  # the fixture stops it, whatever happens
+    relay.start()
+    await relay.wait_ready()
+    return relay
 
 
 class Burst:
@@ -44,6 +52,14 @@ class Burst:
         self.url, self.count, self.prefix = url, count, prefix
         self.accepted: dict[str, str] = {}  # report_id -> alert_id
         self.refused = 0
+
+    @classmethod
+    async def under_way(cls, url: str, prefix: str) -> tuple[Burst, asyncio.Task[None]]:
+        """600 reports posting; returns once 150 were accepted, so what comes next lands in the middle."""
+        burst = cls(url, 600, prefix)
+        posting = asyncio.create_task(burst.run())
+        await eventually(lambda: len(burst.accepted) >= 150, timeout=20, interval=0.001, what="150 accepted")
+        return burst, posting
 
     async def run(self) -> None:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as http:
@@ -72,14 +88,9 @@ async def _seen_all(console: Console, seen: collections.Counter[str], wanted: se
 async def test_sigkill_during_a_burst_loses_no_accepted_report(
     broker: Mosquitto, tmp_path: Path, relay_process: list[RelayProcess]
 ) -> None:
-    relay = RelayProcess(process_settings(broker, tmp_path), tmp_path)
-    relay_process.append(relay)
-    relay.start()
-    await relay.wait_ready()
+    relay = await start_relay(process_settings(broker, tmp_path), tmp_path, relay_process)
     async with Console(broker.port, "airfield-1") as console:
-        burst = Burst(relay.url, 600, "kill9")
-        posting = asyncio.create_task(burst.run())
-        await eventually(lambda: len(burst.accepted) >= 150, timeout=20, interval=0.001, what="150 accepted")
+        burst, posting = await Burst.under_way(relay.url, "kill9")
         relay.kill9()
         await posting
         assert 150 <= len(burst.accepted) < 600, "the kill must land in the middle of the burst"
@@ -104,14 +115,9 @@ async def test_sigkill_during_a_burst_loses_no_accepted_report(
 async def test_sigterm_during_a_burst_drains_and_keeps_the_rest_on_disk(
     broker: Mosquitto, tmp_path: Path, relay_process: list[RelayProcess]
 ) -> None:
-    relay = RelayProcess(process_settings(broker, tmp_path), tmp_path)
-    relay_process.append(relay)
-    relay.start()
-    await relay.wait_ready()
+    relay = await start_relay(process_settings(broker, tmp_path), tmp_path, relay_process)
     async with Console(broker.port, "airfield-1") as console:
-        burst = Burst(relay.url, 600, "term")
-        posting = asyncio.create_task(burst.run())
-        await eventually(lambda: len(burst.accepted) >= 150, timeout=20, interval=0.001, what="150 accepted")
+        burst, posting = await Burst.under_way(relay.url, "term")
         loop = asyncio.get_running_loop()
         started = loop.time()
         code = await asyncio.to_thread(relay.terminate)
@@ -134,12 +140,7 @@ async def test_escalation_timers_survive_sigkill(
 ) -> None:
     cfg = with_backups(process_settings(broker, tmp_path), smtp_port=smtp.port, twilio_url=twilio.base_url,
                        ack_timeout_s=0.5, repeat_s=3.0)
-    port = cfg["http"]["port"]
-    cfg["http"] |= {"port": port, "public_url": f"http://127.0.0.1:{port}"}
-    relay = RelayProcess(cfg, tmp_path)
-    relay_process.append(relay)
-    relay.start()
-    await relay.wait_ready()
+    relay = await start_relay(cfg, tmp_path, relay_process)
     async with Console(broker.port, "airfield-1") as console:
         async with aiohttp.ClientSession() as http, http.post(
             f"{relay.url}/api/v1/reports", json=report("timer-kill9"),
