@@ -54,6 +54,8 @@ class RelaySection(Section):
 
 class StoreSection(Section):
     url: str = "sqlite:///var/relay.db"
+    # Audit and event rows older than this are deleted daily; alerts and their deliveries stay.
+    retention_days: float = Field(90, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -76,6 +78,13 @@ class HttpSection(Section):
     # Key of the e-mail ack links (HMAC-SHA256); empty: generated once into data_dir/ack-link.key (mode 0600).
     ack_link_key: SecretStr = SecretStr("")
     ack_link_ttl_s: int = Field(86400, ge=60)
+    # Failed authentication, per remote address: cheap to refuse, never a row per request.
+    anon_rate_per_s: float = Field(20, gt=0)
+    anon_burst: int = Field(100, ge=1)
+    # A request head must be in within this, or the connection is closed (slow-header connections).
+    header_timeout_s: float = Field(10, gt=0, le=300)
+    max_connections: int = Field(2000, ge=1)
+    max_streams_per_token: int = Field(20, ge=1)
 
     @field_validator("public_url")
     @classmethod

@@ -13,7 +13,8 @@ from channels.mqtt import MqttChannel, MqttSettings
 from channels.sms import TwilioSettings, TwilioSmsChannel
 from relay.ack_links import AckLinkSigner, load_or_create_key
 from relay.api.context import ApiContext, SmsWebhooks
-from relay.api.server import HttpServer
+from relay.api.failures import AuthGuard, FailureTrail
+from relay.api.server import HttpLimits, HttpServer
 from relay.auth import Authenticator
 from relay.canary import Canary
 from relay.clock import Clock, SystemClock
@@ -28,6 +29,7 @@ from relay.mqtt_events import MqttEventPublisher
 from relay.mqtt_intake import MqttReportIntake
 from relay.ratelimit import RateLimiter
 from relay.render import Renderer
+from relay.retention import Retention
 from relay.routing import Desk
 from relay.sms_replies import SmsReplies
 from relay.store.base import StoreUnavailable
@@ -180,6 +182,8 @@ class Relay:
             self.metrics.channel_up.labels(channel.name).set(1)
         self.metrics.watch_open_alerts(lambda: engine.open_alerts)
         self.metrics.store_up.set_function(lambda: 1 if store.last_error is None else 0)
+        trail = FailureTrail(store, self.clock)
+        h = s.http
         http = HttpServer(
             ApiContext(
                 public_url=s.http.public_url,
@@ -198,8 +202,11 @@ class Relay:
                     s.sms.auth_token.get_secret_value(), SmsReplies(engine, store, desks, self.clock)
                 ) if sms else None,
             ),
-            s.http.host,
-            s.http.port,
+            h.host,
+            h.port,
+            AuthGuard(h.anon_rate_per_s, h.anon_burst, trail, self.metrics, self.clock),
+            HttpLimits(header_timeout_s=h.header_timeout_s, max_connections=h.max_connections,
+                       max_streams_per_token=h.max_streams_per_token),
         )
         if not s.operators or not s.desks:
             log.warning(
@@ -209,6 +216,10 @@ class Relay:
 
         async with asyncio.TaskGroup() as tg:
             store_task = tg.create_task(store.run(), name="store")
+            housekeeping = [
+                tg.create_task(trail.run(), name="auth_failures"),
+                tg.create_task(Retention(store, self.clock, s.store.retention_days).run(), name="retention"),
+            ]
             mqtt_task = tg.create_task(mqtt.run(), name="mqtt")
             backup_tasks = [tg.create_task(c.run(), name=c.name) for c in backups]
             canary_targets: dict[Channel, str] = {
@@ -234,6 +245,9 @@ class Relay:
             drained = await engine.drain(DRAIN_S)
             log.info("drained" if drained else "drain timed out: the rest stays queued on disk",
                      extra={"event": "relay_drained", "complete": drained})
+            for task in housekeeping:  # after the HTTP stop, so the last failures counted are written
+                task.cancel()
+                await asyncio.wait([task])
             for task in (engine_task, events_task, *backup_tasks, mqtt_task, store_task):  # the store last
                 task.cancel()
                 await asyncio.wait([task])

@@ -67,6 +67,19 @@ class Metrics:
         self.events_dropped = Counter(
             "relay_events_dropped", "State events a slow listener missed", registry=r
         )
+        self.auth_failures = Counter(
+            "relay_auth_failures", "Requests that failed authentication (no or bad bearer token, bad e-mail link, "
+            "unsigned webhook), by route; those over the per-address rate included", ["endpoint"], registry=r,
+        )
+        self.http_connections = Gauge("relay_http_connections", "HTTP connections open now", registry=r)
+        self.http_refused = Counter(
+            "relay_http_refused", "HTTP connections and streams refused or cut by a limit: max_connections, "
+            "header_timeout, streams_per_token", ["reason"], registry=r,
+        )
+        self.job_failures = Counter(
+            "relay_job_failures", "Jobs (a delivery, an inbound message, a scheduled step, a request, a task) that "
+            "failed on their own with an unexpected error; the daemon went on", ["kind", "reason"], registry=r,
+        )
 
     def watch_open_alerts(self, count: Callable[[], int]) -> None:
         self.alerts_open.set_function(count)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from relay.ack_links import BadLink
 from relay.api.context import CONTEXT, ApiContext
+from relay.api.failures import guard_of
 from relay.clock import to_datetime
 from relay.engine import AckRefused
 from relay.store.base import AlertRecord, EventRecord
@@ -20,6 +21,9 @@ _REASONS = {
     "link signature does not match (forged or altered)": "Ссылка подделана или изменена",
     "malformed link": "Ссылка повреждена",
 }
+
+# A link is base64url of "alert|desk|expiry" and a MAC: far shorter than this. Longer is refused unhashed.
+MAX_TOKEN = 512
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 STYLE = ("body{font-family:sans-serif;max-width:40em;margin:2em auto;padding:0 1em}"
@@ -60,12 +64,15 @@ def _acked(alert: AlertRecord) -> str:
 
 async def _resolve(request: web.Request) -> tuple[ApiContext, AlertRecord, str] | web.Response:
     ctx = request.app[CONTEXT]
+    token = request.match_info["token"]
     try:
-        link = ctx.ack_links.verify(request.match_info["token"], ctx.clock.now())
+        if len(token) > MAX_TOKEN:
+            raise BadLink("malformed link")
+        link = ctx.ack_links.verify(token, ctx.clock.now())
     except BadLink as exc:
+        # Counted, not written down one by one (relay.api.failures); 429 once this address failed too often.
         ctx.metrics.webhooks_rejected.labels("ack_link", "bad_token").inc()
-        await ctx.store.add_event(EventRecord("", ctx.clock.now(), "link_refused", {
-            "reason": str(exc), "from": request.remote or "", "method": request.method}))
+        guard_of(request).failed(request, "link_refused", str(exc))
         return _refused(_REASONS.get(str(exc), "Ссылка повреждена"))
     alert = await ctx.store.get_alert(link.alert_id)
     if alert is None or link.desk_id not in alert.desks:

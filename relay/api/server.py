@@ -1,22 +1,42 @@
-"""The aiohttp application and its lifecycle inside the daemon (signals stay with the daemon)."""
+"""The aiohttp application and its lifecycle inside the daemon (signals stay with the daemon).
+
+The listening socket is the daemon's own, not a TCPSite: see relay.api.connections for why (aiohttp bounds
+neither the time to send a request head nor the number of connections).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from relay.api import ack_page, alerts, consoles, ops, reports, stream, webhooks
+from relay.api.connections import BACKLOG, ConnectionGuard, connection_limit, track_requests
 from relay.api.context import CONTEXT, ApiContext
 from relay.api.errors import error_middleware
+from relay.api.failures import AUTH_GUARD, AuthGuard
 from relay.api.openapi import openapi
 
 log = logging.getLogger("relay.api")
 
 
-def build_app(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=reports.MAX_BODY)
+@dataclass(frozen=True)
+class HttpLimits:
+    header_timeout_s: float = 10.0
+    max_connections: int = 2000
+    max_streams_per_token: int = 20
+    # Idle keep-alive connections close after this (aiohttp's default is an hour); above the 60 s most
+    # clients and proxies use, so the close comes from their side first.
+    keepalive_s: float = 75.0
+
+
+def build_app(ctx: ApiContext, guard: AuthGuard, limits: HttpLimits) -> web.Application:
+    app = web.Application(middlewares=[track_requests, error_middleware], client_max_size=reports.MAX_BODY)
     app[CONTEXT] = ctx
+    app[AUTH_GUARD] = guard
+    app[stream.STREAM_SLOTS] = stream.StreamSlots(limits.max_streams_per_token)
 
     async def _on_shutdown(app: web.Application) -> None:
         ctx.shutting_down.set()  # SSE streams end now instead of holding the shutdown
@@ -49,19 +69,35 @@ def build_app(ctx: ApiContext) -> web.Application:
 
 
 class HttpServer:
-    def __init__(self, ctx: ApiContext, host: str, port: int) -> None:
-        self._runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=1.0)
-        self._host, self._port = host, port
+    def __init__(self, ctx: ApiContext, host: str, port: int, guard: AuthGuard,
+                 limits: HttpLimits = HttpLimits()) -> None:
+        self._runner = web.AppRunner(build_app(ctx, guard, limits), access_log=None, shutdown_timeout=1.0,
+                                     keepalive_timeout=limits.keepalive_s)
+        self._host, self._port, self._limits, self._metrics = host, port, limits, ctx.metrics
+        self._listener: asyncio.Server | None = None
+        self.connections: ConnectionGuard | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
-        server = site._server  # the only way to learn the port when 0 was asked for
-        sockets = getattr(server, "sockets", None) or []
+        handlers = self._runner.server
+        assert handlers is not None
+        self.connections = ConnectionGuard(connection_limit(self._limits.max_connections),
+                                           self._limits.header_timeout_s, self._metrics)
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.connections.factory(handlers), self._host, self._port, backlog=BACKLOG, reuse_address=True)
+        sockets = self._listener.sockets
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("http listening", extra={"event": "http_listening", "host": self._host, "port": self.port})
+        log.info("http listening", extra={"event": "http_listening", "host": self._host, "port": self.port,
+                                          "max_connections": self.connections.limit})
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections; those open are closed by the runner's cleanup
         await self._runner.cleanup()
+        if self._listener is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await self._listener.wait_closed()
+            except TimeoutError:
+                log.warning("http listener slow to close", extra={"event": "http_close_slow"})

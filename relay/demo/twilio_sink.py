@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,11 +134,12 @@ class TwilioSink:
 
     @staticmethod
     async def inbound(public_url: str, from_: str, body: str, *, signature: str | None = "valid",
-                      to: str = FROM_NUMBER) -> tuple[int, str]:
+                      to: str = FROM_NUMBER, message_sid: str = "") -> tuple[int, str]:
         """An SMS reply arriving at the relay's webhook. signature: 'valid', None (unsigned), or a forged value."""
         url = f"{public_url}/webhooks/twilio/sms"
-        params = {"MessageSid": "SM" + "9" * 32, "AccountSid": ACCOUNT_SID, "From": from_, "To": to, "Body": body,
-                  "NumMedia": "0", "NumSegments": "1"}
+        # A fresh MessageSid per reply, as Twilio gives; the same one again is a redelivery (handled once).
+        params = {"MessageSid": message_sid or "SM" + secrets.token_hex(16), "AccountSid": ACCOUNT_SID,
+                  "From": from_, "To": to, "Body": body, "NumMedia": "0", "NumSegments": "1"}
         status, text = await post_signed(url, params, signature=signature)
         return status, text
 

@@ -109,6 +109,19 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthFailureTally:
+    """Requests refused for failed authentication, counted together: a flood must not write a row per request."""
+
+    kind: str  # auth_refused (bearer token), link_refused (e-mail link), webhook_refused (Twilio signature)
+    endpoint: str  # the route, e.g. /api/v1/reports
+    source: str  # the remote address
+    count: int
+    first_at: float
+    last_at: float
+    reason: str  # the latest one seen
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
     """The escalation timers of one alert, as stored due times."""
 
@@ -202,7 +215,22 @@ class Store(Protocol):
         ...
 
     async def audit_log(self, limit: int) -> list[EventRecord]:
-        """The newest acks, refused acks and refused webhooks and links, newest first."""
+        """The newest acks, refused acks and refused webhooks and links, newest first. Failed authentication
+        comes as one record per (kind, endpoint, source, hour), its detail holding `count`, `first_at`, `last_at`
+        (RFC 3339), `endpoint`, `from` and the latest `reason`."""
+        ...
+
+    async def add_auth_failures(self, tallies: Sequence[AuthFailureTally]) -> None:
+        """Add these counts to the rows of their hour (by `last_at`), creating rows where there are none."""
+        ...
+
+    async def first_inbound(self, channel: str, message_id: str, at: float) -> bool:
+        """True the first time this inbound message id is seen on this channel; False for a redelivery."""
+        ...
+
+    async def prune(self, before: float, batch: int) -> int:
+        """Delete at most `batch` rows of each kind of history older than `before` (events, counted
+        authentication failures, inbound message ids); the number deleted. Alerts, deliveries and acks stay."""
         ...
 
     async def events(self, alert_id: str) -> list[EventRecord]: ...

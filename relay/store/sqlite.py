@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay import short_code
+from relay.clock import to_datetime
 from relay.states import (
     OPEN_ALERT_STATES,
     AlertState,
@@ -36,6 +37,7 @@ from relay.store.base import (
     AckResult,
     AlertRecord,
     AttemptOutcome,
+    AuthFailureTally,
     DeliveryRecord,
     EventRecord,
     NewAlert,
@@ -72,6 +74,7 @@ _DELIVERY_COLS = (
 )
 _ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s, source"
 AUDIT_KINDS = ("acknowledged", "duplicate_ack", "ack_refused", "webhook_refused", "link_refused")
+AUTH_FAILURE_BUCKET_S = 3600.0
 
 
 class SQLiteStore:
@@ -341,7 +344,23 @@ class SQLiteStore:
             "ORDER BY id DESC LIMIT ?",
             (*AUDIT_KINDS, limit),
         ).fetchall()
-        return [EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+        records = [EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+        tallies = self._read().execute(
+            "SELECT kind, endpoint, source, count, first_at, last_at, reason FROM auth_failures "
+            "ORDER BY last_at DESC LIMIT ?", (limit,),
+        ).fetchall()
+        records += [_tally_event(AuthFailureTally(*t)) for t in tallies]
+        return sorted(records, key=lambda e: e.at, reverse=True)[:limit]
+
+    async def add_auth_failures(self, tallies: Sequence[AuthFailureTally]) -> None:
+        # Losing these in a power cut loses a count, never a report: no fsync of their own.
+        await self._write(functools.partial(_op_add_auth_failures, tallies=list(tallies)), durable=False)
+
+    async def first_inbound(self, channel: str, message_id: str, at: float) -> bool:
+        return await self._write(functools.partial(_op_first_inbound, channel=channel, message_id=message_id, at=at))
+
+    async def prune(self, before: float, batch: int) -> int:
+        return await self._write(functools.partial(_op_prune, before=before, batch=batch), durable=False)
 
     async def check_writable(self) -> None:
         await self._write(_op_heartbeat)
@@ -623,6 +642,44 @@ def _insert_event(conn: sqlite3.Connection, event: EventRecord) -> None:
         "INSERT INTO events (alert_id, at, kind, detail_json) VALUES (?, ?, ?, ?)",
         (event.alert_id, event.at, event.kind, json.dumps(event.detail, ensure_ascii=False)),
     )
+
+
+def _op_add_auth_failures(conn: sqlite3.Connection, tallies: list[AuthFailureTally]) -> None:
+    conn.executemany(
+        "INSERT INTO auth_failures (kind, endpoint, source, bucket, count, first_at, last_at, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, endpoint, source, bucket) DO UPDATE SET "
+        "count = count + excluded.count, first_at = min(first_at, excluded.first_at), "
+        "last_at = max(last_at, excluded.last_at), reason = excluded.reason",
+        [(t.kind, t.endpoint, t.source, t.last_at // AUTH_FAILURE_BUCKET_S * AUTH_FAILURE_BUCKET_S, t.count,
+          t.first_at, t.last_at, t.reason) for t in tallies],
+    )
+
+
+def _tally_event(t: AuthFailureTally) -> EventRecord:
+    return EventRecord("", t.last_at, t.kind, {
+        "endpoint": t.endpoint, "from": t.source, "count": t.count, "reason": t.reason,
+        "first_at": to_datetime(t.first_at).isoformat(), "last_at": to_datetime(t.last_at).isoformat(),
+    })
+
+
+def _op_first_inbound(conn: sqlite3.Connection, channel: str, message_id: str, at: float) -> bool:
+    cur = conn.execute(
+        "INSERT INTO inbound_messages (channel, message_id, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        (channel, message_id, at),
+    )
+    return cur.rowcount == 1
+
+
+def _op_prune(conn: sqlite3.Connection, before: float, batch: int) -> int:
+    # Every `at`-like column here is indexed: a batch finds its rows without a scan, and stays small so a big
+    # prune never holds the writer (and the reports queued behind it) for long.
+    return sum(conn.execute(sql, (before, batch)).rowcount for sql in (
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)",
+        "DELETE FROM auth_failures WHERE (kind, endpoint, source, bucket) IN "
+        "(SELECT kind, endpoint, source, bucket FROM auth_failures WHERE last_at < ? LIMIT ?)",
+        "DELETE FROM inbound_messages WHERE (channel, message_id) IN "
+        "(SELECT channel, message_id FROM inbound_messages WHERE at < ? LIMIT ?)",
+    ))
 
 
 def _op_heartbeat(conn: sqlite3.Connection) -> None:

@@ -91,6 +91,33 @@ MIGRATIONS: list[str] = [
     ALTER TABLE acks ADD COLUMN source TEXT NOT NULL DEFAULT '';
     CREATE INDEX events_kind ON events (kind, id);
     """,
+    # 4: hardening. Failed authentication is kept as one row per (kind, endpoint, source address, hour) with a
+    # count, so a flood writes O(1) rows; inbound message ids (Twilio's MessageSid) make a redelivered webhook
+    # count once; `at` indexes let the daily retention prune delete old rows in small batches without a scan.
+    """
+    CREATE TABLE auth_failures (
+        kind      TEXT NOT NULL,
+        endpoint  TEXT NOT NULL,
+        source    TEXT NOT NULL,
+        bucket    REAL NOT NULL,        -- start of the hour the failures fell in
+        count     INTEGER NOT NULL,
+        first_at  REAL NOT NULL,
+        last_at   REAL NOT NULL,
+        reason    TEXT NOT NULL,        -- the latest reason seen, e.g. "X-Twilio-Signature does not match"
+        PRIMARY KEY (kind, endpoint, source, bucket)
+    ) WITHOUT ROWID;
+    CREATE INDEX auth_failures_last ON auth_failures (last_at);
+
+    CREATE TABLE inbound_messages (
+        channel     TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        at          REAL NOT NULL,
+        PRIMARY KEY (channel, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbound_messages_at ON inbound_messages (at);
+
+    CREATE INDEX events_at ON events (at);
+    """,
 ]
 
 
