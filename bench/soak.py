@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ import aiohttp
 from bench.cli import relay_version
 from bench.env import REPO
 from bench.soak_faults import Injected, Injector, draw
+from bench.soak_hostile import Crash, CrashWatch, Hostile, HostileResult, hostile_ok, render_crashes, render_hostile
 from bench.soak_recovery import Recovery, recovery
 from bench.soak_world import AUTH, Backups, CpuSampler, Desk, World, send_times, stop_relay, world
 from bench.stats import summarize
@@ -47,6 +48,7 @@ class Options:
     seed: int
     open: int
     keep: bool
+    hostile: bool = False
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -57,12 +59,13 @@ def parse(argv: Sequence[str] | None) -> Options:
     p.add_argument("--open", type=int, default=10000, help="open alerts for the recovery phase; 0 skips it (10000)")
     p.add_argument("--quick", action="store_true", help="smoke run: 300 reports in 12 s, 1000 open (about 45 s)")
     p.add_argument("--keep", action="store_true", help="keep var/soak-<pid>/ (logs, stores) afterwards")
+    p.add_argument("--hostile", action="store_true", help="mix hostile traffic into the load (bench/soak_hostile.py)")
     a = p.parse_args(argv)
     if a.quick:
         a.reports, a.duration, a.open = 300, 12.0, min(a.open, 1000)
     if a.reports < 1 or a.duration <= 0 or a.open < 0:
         p.error("--reports and --duration must be positive, --open not negative")
-    return Options(a.reports, a.duration, a.seed, a.open, a.keep)
+    return Options(a.reports, a.duration, a.seed, a.open, a.keep, a.hostile)
 
 
 # ---- posting --------------------------------------------------------------------------------------------------
@@ -78,13 +81,14 @@ class Post:
     short_code: str = ""
 
 
-async def post_steadily(url: str, n: int, duration: float, start: float) -> list[Post]:
+async def post_steadily(url: str, n: int, duration: float, start: float,
+                        body_of: Callable[[str], dict[str, Any]] = report) -> list[Post]:
     """n reports, the i-th started at start + i*duration/n, at most CONCURRENCY in flight."""
     posts = [Post(f"soak-{i}") for i in range(n)]
     limit = asyncio.Semaphore(CONCURRENCY)
 
     async def one(http: aiohttp.ClientSession, p: Post) -> None:
-        body = report(p.report_id)
+        body = body_of(p.report_id)
         try:
             p.t0 = time.perf_counter()
             async with http.post(f"{url}/api/v1/reports", json=body, headers=AUTH) as r:
@@ -157,6 +161,8 @@ class Soak:
     relay_metrics: str
     load_before: str = ""
     relay_exit: int | None = None
+    crashes: list[Crash] = field(default_factory=list)
+    hostile: HostileResult | None = None
     relay_log: list[dict[str, Any]] = field(default_factory=list)
     accepted: list[Post] = field(init=False)
     shared_codes: set[str] = field(init=False)  # short codes two or more accepted alerts got
@@ -216,8 +222,12 @@ async def soak(root: Path, o: Options) -> Soak:
             sampler = asyncio.create_task(cpu.run())
             start = time.perf_counter()
             faults = asyncio.create_task(Injector(w, plan, start).run())
+            watch = CrashWatch(w, start)
+            watcher = asyncio.create_task(watch.run())
+            hostile = Hostile(w, o.seed, o.duration) if o.hostile else None
+            attack = asyncio.create_task(hostile.run(start)) if hostile else None
             try:
-                posts = await post_steadily(w.url, o.reports, o.duration, start)
+                posts = await post_steadily(w.url, o.reports, o.duration, start, hostile.body if hostile else report)
                 injected = await faults
                 accepted = [p for p in posts if p.alert_id]
                 backups = Backups(w.twilio, w.smtp)
@@ -225,12 +235,19 @@ async def soak(root: Path, o: Options) -> Soak:
                 unresolved = await wait_resolved(w, accepted, desk, backups, RESOLVE_WITHIN_S)
                 resolve_s = time.perf_counter() - t
                 await desk.settle(within_s=5.0)
+                if attack is not None:
+                    await attack  # bounded: ends by itself shortly after the posting
                 await asyncio.sleep(1.0)  # the last acks reach the relay
                 final = await fetch_alerts(w.url, [p.alert_id for p in accepted])
                 backups.update()
                 metrics = await send_times(w.url)
+                if hostile is not None:
+                    hostile.check_text(final, {p.report_id: p.alert_id for p in accepted})
             finally:
                 faults.cancel()
+                watcher.cancel()
+                if attack is not None:
+                    attack.cancel()
                 sampler.cancel()
                 reader.cancel()
                 desk.close()
@@ -239,6 +256,8 @@ async def soak(root: Path, o: Options) -> Soak:
                       len(w.twilio.faults), resolve_s, unresolved, desk.acks_sent, desk.answers_failed,
                       cpu.summary(), metrics)
         result.load_before = load_before
+        result.crashes = watch.crashes
+        result.hostile = hostile.result if hostile else None
         result.relay_exit = await stop_relay(w.relay)
         result.relay_log = w.relay.log_lines()
         return result
@@ -266,7 +285,8 @@ def render_soak(s: Soak, o: Options) -> list[str]:
     ready = f"{inj.relay_ready_s:.2f} s" if inj.relay_ready_s is not None else "-"
     lines = [
         f"uav-relay soak — {datetime.now().astimezone().isoformat(timespec='seconds')}, seed {o.seed}, "
-        f"{o.reports} reports over {o.duration:g} s, up to {CONCURRENCY} in flight; relay at {relay_version()}; "
+        f"{o.reports} reports over {o.duration:g} s, up to {CONCURRENCY} in flight{', hostile' if o.hostile else ''}; "
+        f"relay at {relay_version()}; "
         f"load average at the start {s.load_before}, at the end {loadavg()}",
         rule(),
         value_row("reports posted", str(len(s.posts))),
@@ -278,6 +298,7 @@ def render_soak(s: Soak, o: Options) -> list[str]:
         value_row("acknowledged (the relay's state at the end)", str(acked)),
         value_row("escalated by SMS / e-mail (code at the fakes)", f"{sms} / {mail}"),
         value_row("LOST: accepted, none of the above", str(len(lost)), "0", not lost),
+        *render_crashes(s.crashes),
         value_row("duplicate console deliveries: alerts, max copies",
                   f"{len(dups)}, {max(dups.values(), default=1)}"),
         header(),
@@ -301,6 +322,8 @@ def render_soak(s: Soak, o: Options) -> list[str]:
         s.relay_metrics,
         f"relay exit code after SIGTERM at the end: {exit_text(s.relay_exit)}",
         *render_log(s.relay_log),
+        *(render_hostile(s.hostile, sum(1 for p in accepted if p.report_id in s.hostile.text_reports))
+          if s.hostile else []),
     ]
     for p in lost[:20]:
         a = s.final.get(p.alert_id)
@@ -406,7 +429,7 @@ async def run(o: Options, root: Path) -> int:
         print(f"load average at the start of the recovery phase {load_before}, at the end {loadavg()}")
     if loop_errors:
         print(f"errors on the bench's own loop (its MQTT clients losing the broker): {_counts(loop_errors)}")
-    return 1 if s.lost() else 0
+    return 1 if s.lost() or s.crashes or (s.hostile is not None and not hostile_ok(s.hostile)) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
