@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -20,6 +23,11 @@ from relay.states import OPEN_ALERT_STATES, AlertState
 from relay.store.base import AlertRecord
 
 MAX_LIST = 1000
+# Turning a list of up to MAX_LIST alerts into JSON takes tens of milliseconds: done in this thread, never on the
+# event loop, where it would hold up intake and deliveries (the store reads the list in its own thread too). Like
+# the store's reader, it rests after each list as long as it worked: the GIL it holds meanwhile is the loop's too.
+_LIST_JSON = ThreadPoolExecutor(1, thread_name_prefix="relay-api-list")
+_list_json_rest_until = 0.0  # touched by that one thread only
 
 
 def _shown(alert: AlertRecord, principal: Principal) -> AlertView:
@@ -71,8 +79,19 @@ async def list_alerts(request: web.Request) -> web.Response:
         ) from None
     by_role = {Role.OPERATOR: {"operator_id": principal.id}, Role.DESK: {"desk_id": principal.id}}
     alerts = await ctx.store.list_alerts(states=states, limit=limit, **by_role.get(principal.role, {}))
+    body = await asyncio.get_running_loop().run_in_executor(_LIST_JSON, _list_json, alerts, principal)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+def _list_json(alerts: list[AlertRecord], principal: Principal) -> bytes:
+    global _list_json_rest_until
+    time.sleep(max(0.0, _list_json_rest_until - time.monotonic()))
+    started = time.monotonic()
     body = [_shown(a, principal).model_dump(mode="json") for a in alerts]
-    return web.json_response(text=json.dumps({"alerts": body}, ensure_ascii=False))
+    encoded = json.dumps({"alerts": body}, ensure_ascii=False).encode()
+    done = time.monotonic()
+    _list_json_rest_until = done + (done - started)
+    return encoded
 
 
 async def ack_alert(request: web.Request) -> web.Response:

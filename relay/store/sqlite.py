@@ -14,11 +14,14 @@ import functools
 import json
 import logging
 import sqlite3
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from relay import short_code
 from relay.clock import to_datetime
@@ -50,6 +53,7 @@ from relay.store.sqlite_schema import migrate
 log = logging.getLogger("relay.store")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Op = Callable[[sqlite3.Connection], Any]
 
 
@@ -73,8 +77,31 @@ _DELIVERY_COLS = (
     "attempted_at"
 )
 _ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s, source"
+# The API's heavy reads run in this many threads, each on its own read-only connection (see `_read_off`).
+READ_THREADS = 1
+# Building records holds the GIL, which the loop needs back at once whenever it wakes: a reader thread rests after
+# each read as long as it worked (at most half the GIL for reads, however many clients ask), and the interpreter
+# hands the GIL over after 0.5 ms instead of 5 (measured in bench/readers.py: both matter).
+READ_REST_RATIO = 1.0
+LOOP_SWITCH_INTERVAL_S = 0.0005
+READ_BUSY_TIMEOUT_MS = 2000  # a WAL reader waits for a lock only in rare moments (recovery, a WAL restart)
+READ_DEADLINE_S = 5.0  # a read running longer is interrupted: StoreUnavailable, not a thread held for ever
+HYDRATE_CHUNK = 500  # ids per `IN (...)` when deliveries and acks are read for many alerts
 AUDIT_KINDS = ("acknowledged", "duplicate_ack", "ack_refused", "webhook_refused", "link_refused")
 AUTH_FAILURE_BUCKET_S = 3600.0
+
+
+def _read_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """An inline read: any SQLite error surfaces as StoreUnavailable (the scheduler and the callers handle that)."""
+
+    @functools.wraps(fn)
+    async def read(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot read the store: {exc}") from exc
+
+    return read
 
 
 class SQLiteStore:
@@ -85,6 +112,10 @@ class SQLiteStore:
         self._closed = False
         self._synchronous = ""
         self.commits = 0  # how many fsync'd commits so far (batching shows as commits << writes)
+        self._readers: ThreadPoolExecutor | None = None  # started on the first heavy read
+        self._reader_conns: list[sqlite3.Connection] = []  # every reader thread's connection, to close at the end
+        self._reader_lock = threading.Lock()
+        self._reader_local = threading.local()  # .conn: this reader thread's connection; .deadline
         self.last_error: str | None = None
 
     @classmethod
@@ -123,6 +154,7 @@ class SQLiteStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._close_readers()
 
     def _commit(self, batch: list[_Write]) -> None:
         results = self._run_batch([w.op for w in batch], any(w.durable for w in batch))
@@ -176,22 +208,103 @@ class SQLiteStore:
         self._queue.put_nowait(_Write(op, fut, durable))
         return await fut
 
+    # ---- reads -------------------------------------------------------------------------------------------
+    # Two kinds. What the engine, the dispatcher and the ack paths read (get_alert, due_alerts, next_due_at,
+    # find_by_code, ...) runs inline on the writer's connection: small indexed reads that must see the latest
+    # commit at once (no write transaction is open between batches), where a hop to a thread and back would cost
+    # the report's path more than the read itself. The API's heavy reads (a list of up to 1,000 alerts with their
+    # deliveries and acks and decoded reports, an alert's history, the audit log) run in READ_THREADS threads,
+    # each with its own read-only connection: WAL lets them read beside the writer, they never hold up the loop,
+    # and a read started after a write's `await` returned sees that write (every committed transaction is
+    # visible to a read transaction that begins after it). Every read error surfaces as StoreUnavailable.
+
     def _read(self) -> sqlite3.Connection:
-        """Reads share the one connection: no write transaction is open between batches."""
+        """The writer's connection, for the inline reads: no write transaction is open between batches."""
         if self._conn is None:
             raise StoreUnavailable("store is closed")
         return self._conn
+
+    async def _read_off(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a reader thread on that thread's read-only connection, in one read transaction."""
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="relay-store-read")
+            if sys.getswitchinterval() > LOOP_SWITCH_INTERVAL_S:
+                sys.setswitchinterval(LOOP_SWITCH_INTERVAL_S)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, self._in_reader, fn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot read the store: {exc}") from exc
+
+    def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """In a reader thread: one snapshot for the whole of `fn`, interrupted after READ_DEADLINE_S; the rest
+        the previous read earned is taken first (so a lone read is answered at once)."""
+        local = self._reader_local
+        time.sleep(max(0.0, getattr(local, "rest_until", 0.0) - time.monotonic()))
+        started = time.monotonic()
+        local.deadline = started + READ_DEADLINE_S
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        try:
+            if conn is None:
+                conn = local.conn = self._open_reader()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")  # it only read: ending it is all that is left to do
+        except sqlite3.Error:
+            if conn is not None:
+                self._drop_reader(conn)  # whatever went wrong, the next read starts on a fresh connection
+            raise
+        finally:
+            done = time.monotonic()
+            local.rest_until = done + (done - started) * READ_REST_RATIO
+
+    def _open_reader(self) -> sqlite3.Connection:
+        uri = self._path.resolve().as_uri() + "?mode=ro"
+        # check_same_thread=False only so that `_close_readers` may close it once its thread is gone
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {READ_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA query_only = 1")
+            conn.set_progress_handler(lambda: int(time.monotonic() > self._reader_local.deadline), 10_000)
+        except sqlite3.Error:
+            conn.close()
+            raise
+        with self._reader_lock:
+            self._reader_conns.append(conn)
+        return conn
+
+    def _drop_reader(self, conn: sqlite3.Connection) -> None:
+        self._reader_local.conn = None
+        with self._reader_lock:
+            if conn in self._reader_conns:
+                self._reader_conns.remove(conn)
+        try:
+            conn.close()
+        except sqlite3.Error:
+            log.warning("closing a failed read connection failed")
+
+    def _close_readers(self) -> None:
+        """At the end: let reads under way finish (each is bounded), then close every reader connection."""
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.shutdown(wait=True)
+        with self._reader_lock:
+            conns, self._reader_conns = self._reader_conns, []
+        for conn in conns:
+            conn.close()
 
     # ---- alerts --------------------------------------------------------------------------------------
 
     async def accept(self, new: NewAlert) -> Accepted:
         return await self._write(functools.partial(_op_accept, new=new))
 
+    @_read_errors
     async def get_alert(self, alert_id: str) -> AlertRecord | None:
-        try:
-            return _read_alert(self._read(), alert_id)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return _read_alert(self._read(), alert_id)
 
     async def list_alerts(
         self,
@@ -220,12 +333,9 @@ class SQLiteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY a.alert_id DESC LIMIT ?"
         args.append(limit)
-        try:
-            conn = self._read()
-            return _hydrate(conn, conn.execute(sql, args).fetchall())
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return await self._read_off(lambda conn: _hydrate(conn, conn.execute(sql, args).fetchall()))
 
+    @_read_errors
     async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]:
         conn = self._read()
         rows = conn.execute(
@@ -235,12 +345,14 @@ class SQLiteStore:
         ).fetchall()
         return _hydrate(conn, rows)
 
+    @_read_errors
     async def next_due_at(self) -> float | None:
         row = self._read().execute(
             "SELECT min(next_action_at) FROM alerts WHERE next_action_at IS NOT NULL"
         ).fetchone()
         return None if row is None else row[0]
 
+    @_read_errors
     async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
         conn = self._read()
         rows = conn.execute(
@@ -250,6 +362,7 @@ class SQLiteStore:
         ).fetchall()
         return _hydrate(conn, rows)
 
+    @_read_errors
     async def count_open(self) -> int:
         row = self._read().execute(f"SELECT count(*) FROM alerts WHERE state IN {_OPEN_SQL}").fetchone()  # noqa: S608
         return int(row[0])
@@ -297,6 +410,7 @@ class SQLiteStore:
             durable=False,
         )
 
+    @_read_errors
     async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
         conn = self._read()
         rows = conn.execute(
@@ -306,6 +420,7 @@ class SQLiteStore:
         ).fetchall()
         return _hydrate(conn, rows)
 
+    @_read_errors
     async def find_by_code(self, code: str, now: float) -> AlertRecord | None:
         conn = self._read()
         row = conn.execute(
@@ -326,31 +441,25 @@ class SQLiteStore:
         await self._write(functools.partial(_insert_event, event=event))
 
     async def events(self, alert_id: str) -> list[EventRecord]:
-        conn = self._read()
-        accepted = conn.execute("SELECT created_at, source FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
-        if accepted is None:
-            return []
-        rows = conn.execute(
-            "SELECT alert_id, at, kind, detail_json FROM events WHERE alert_id = ? ORDER BY id", (alert_id,)
-        ).fetchall()
-        return [EventRecord(alert_id, accepted[0], "accepted", {"source": accepted[1]})] + [
-            EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows
-        ]
+        return await self._read_off(functools.partial(_events, alert_id=alert_id))
 
     async def audit_log(self, limit: int) -> list[EventRecord]:
-        marks = ",".join("?" * len(AUDIT_KINDS))
-        rows = self._read().execute(
-            f"SELECT alert_id, at, kind, detail_json FROM events WHERE kind IN ({marks}) "  # noqa: S608
-            "ORDER BY id DESC LIMIT ?",
-            (*AUDIT_KINDS, limit),
-        ).fetchall()
-        records = [EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-        tallies = self._read().execute(
-            "SELECT kind, endpoint, source, count, first_at, last_at, reason FROM auth_failures "
-            "ORDER BY last_at DESC LIMIT ?", (limit,),
-        ).fetchall()
-        records += [_tally_event(AuthFailureTally(*t)) for t in tallies]
-        return sorted(records, key=lambda e: e.at, reverse=True)[:limit]
+        def read(conn: sqlite3.Connection) -> list[EventRecord]:  # in a reader thread (see _read_off)
+            marks = ",".join("?" * len(AUDIT_KINDS))
+            rows = conn.execute(
+                f"SELECT alert_id, at, kind, detail_json FROM events WHERE kind IN ({marks}) "  # noqa: S608
+                "ORDER BY id DESC LIMIT ?",
+                (*AUDIT_KINDS, limit),
+            ).fetchall()
+            records = [EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+            tallies = conn.execute(
+                "SELECT kind, endpoint, source, count, first_at, last_at, reason FROM auth_failures "
+                "ORDER BY last_at DESC LIMIT ?", (limit,),
+            ).fetchall()
+            records += [_tally_event(AuthFailureTally(*t)) for t in tallies]
+            return sorted(records, key=lambda e: e.at, reverse=True)[:limit]
+
+        return await self._read_off(read)
 
     async def add_auth_failures(self, tallies: Sequence[AuthFailureTally]) -> None:
         # Losing these in a power cut loses a count, never a report: no fsync of their own.
@@ -697,6 +806,18 @@ def _delivery(row: Sequence[Any]) -> DeliveryRecord:
     )
 
 
+def _events(conn: sqlite3.Connection, alert_id: str) -> list[EventRecord]:
+    accepted = conn.execute("SELECT created_at, source FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
+    if accepted is None:
+        return []
+    rows = conn.execute(
+        "SELECT alert_id, at, kind, detail_json FROM events WHERE alert_id = ? ORDER BY id", (alert_id,)
+    ).fetchall()
+    return [EventRecord(alert_id, accepted[0], "accepted", {"source": accepted[1]})] + [
+        EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows
+    ]
+
+
 def _read_alert(conn: sqlite3.Connection, alert_id: str, *, full: bool = True) -> AlertRecord | None:
     row = conn.execute(f"SELECT {_ALERT_COLS} FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()  # noqa: S608
     if row is None:
@@ -713,20 +834,21 @@ def _hydrate(conn: sqlite3.Connection, rows: list[Any]) -> list[AlertRecord]:
     if not rows:
         return []
     ids = [r[0] for r in rows]
-    marks = ",".join("?" * len(ids))
     deliveries: dict[str, list[DeliveryRecord]] = {i: [] for i in ids}
-    for d in conn.execute(
-        f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id IN ({marks}) "  # noqa: S608
-        "ORDER BY desk_id, channel, target",
-        ids,
-    ):
-        deliveries[d[1]].append(_delivery(d))
-    acks = {
-        a[0]: AckRecord(*a)
+    acks: dict[str, AckRecord] = {}
+    for at in range(0, len(ids), HYDRATE_CHUNK):
+        chunk = ids[at:at + HYDRATE_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for d in conn.execute(
+            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id IN ({marks}) "  # noqa: S608
+            "ORDER BY desk_id, channel, target",
+            chunk,
+        ):
+            deliveries[d[1]].append(_delivery(d))
         for a in conn.execute(
-            f"SELECT {_ACK_COLS} FROM acks WHERE alert_id IN ({marks}) AND first = 1", ids  # noqa: S608
-        )
-    }
+            f"SELECT {_ACK_COLS} FROM acks WHERE alert_id IN ({marks}) AND first = 1", chunk  # noqa: S608
+        ):
+            acks[a[0]] = AckRecord(*a)
     return [_alert(r, tuple(deliveries[r[0]]), acks.get(r[0])) for r in rows]
 
 
