@@ -18,7 +18,9 @@ from relay.store.base import (
     AckRecord,
     AlertRecord,
     AttemptOutcome,
+    AuthFailureTally,
     DeliveryRecord,
+    EventRecord,
     NewAlert,
     Schedule,
     Store,
@@ -186,6 +188,56 @@ async def test_listing_is_newest_first_and_scoped(store: Store) -> None:
     assert [a.report_id for a in for_d1] == ["r-2", "r-0"]
     assert await store.list_alerts(states=[AlertState.ACKNOWLEDGED], limit=10) == []
     assert len(await store.list_alerts(states=None, limit=10, operator_id="op-2")) == 0
+
+
+async def test_an_inbound_message_id_is_first_once_per_channel(store: Store) -> None:
+    now = time.time()
+    assert await store.first_inbound("sms", "SM1", now)
+    assert not await store.first_inbound("sms", "SM1", now + 30)  # Twilio delivering it again
+    assert await store.first_inbound("sms", "SM2", now)
+    assert await store.first_inbound("smpp", "SM1", now)  # ids of another channel are another space
+
+
+async def test_failed_authentication_is_one_counted_row_per_source_and_hour_on_the_audit(store: Store) -> None:
+    hour = 1_800_000_000 // 3600 * 3600.0
+    tally = AuthFailureTally("link_refused", "/ack/{token}", "10.0.0.1", 40, hour + 10, hour + 20,
+                             "link signature does not match (forged or altered)")
+    await store.add_auth_failures([tally])
+    await store.add_auth_failures([replace(tally, count=60, first_at=hour + 30, last_at=hour + 40, reason="x"),
+                                   replace(tally, source="10.0.0.2", count=1, first_at=hour + 5, last_at=hour + 5)])
+    await store.add_auth_failures([replace(tally, count=7, first_at=hour + 3600, last_at=hour + 3601)])
+    audit = [e for e in await store.audit_log(100) if e.kind == "link_refused"]
+    assert [(e.detail["from"], e.detail["count"]) for e in audit] == [
+        ("10.0.0.1", 7), ("10.0.0.1", 100), ("10.0.0.2", 1),  # newest first; the next hour is a row of its own
+    ]
+    one = audit[1]
+    assert one.at == hour + 40 and one.detail["endpoint"] == "/ack/{token}" and one.detail["reason"] == "x"
+    assert one.detail["first_at"].startswith("2027-01-15T08:00:10") and one.detail["last_at"].endswith("40+00:00")
+
+
+async def test_pruning_deletes_old_history_in_batches_and_keeps_alerts(store: Store) -> None:
+    now = time.time()
+    old_at, cutoff = now - 100 * 86400, now - 90 * 86400
+    a = (await store.accept(new_alert("old", at=old_at))).alert
+    await store.record_ack(AckRecord(a.alert_id, "d-1", "http", "Иванов", old_at + 5, 5.0))
+    for n in range(25):
+        await store.add_event(EventRecord("", old_at + n, "link_refused", {"n": n}))
+    await store.add_event(EventRecord("", now, "link_refused", {"n": "recent"}))
+    await store.add_auth_failures([AuthFailureTally("auth_refused", "/api/v1/alerts", "10.0.0.9", 3, old_at, old_at,
+                                                    "no bearer token")])
+    await store.first_inbound("sms", "SM-old", old_at)
+    await store.first_inbound("sms", "SM-new", now)
+
+    deleted = []
+    while batch := await store.prune(cutoff, 10):
+        deleted.append(batch)
+    assert sum(deleted) == 26 + 1 + 1 and max(deleted) <= 3 * 10  # ack event + 25 refusals; a tally; an id
+    kept = await store.get_alert(a.alert_id)
+    assert kept is not None and kept.ack is not None and kept.deliveries  # the alert, its ack and deliveries
+    assert [e.kind for e in await store.events(a.alert_id)] == ["accepted"]  # from the alert row itself
+    assert [e.detail for e in await store.audit_log(100)] == [{"n": "recent"}]
+    assert await store.first_inbound("sms", "SM-old", now)  # forgotten
+    assert not await store.first_inbound("sms", "SM-new", now)  # still known
 
 
 # ---- SQLite specifics -----------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._busy = False  # a request is being handled: its head is in
+        self.closed = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
@@ -132,6 +133,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.closed.set()
         inner, self._inner = self._inner, None
         if inner is not None:
             self._guard.release()
@@ -160,6 +162,14 @@ class _Connection(asyncio.Protocol):
         self._guard.head_too_slow()
         self._transport.write(_TOO_SLOW)
         self._inner.force_close()
+
+
+def closed_event(request: web.Request) -> asyncio.Event:
+    """Set once the client's connection is gone. aiohttp tells a long-running handler (an event stream) only
+    when it next writes, up to a ping interval later; a stream must give its slot back at once."""
+    transport = request.transport
+    connection = transport.get_protocol() if transport is not None else None
+    return connection.closed if isinstance(connection, _Connection) else asyncio.Event()
 
 
 @web.middleware

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from relay.api.access import authenticate
+from relay.api.connections import closed_event
 from relay.api.context import CONTEXT
 from relay.api.errors import ApiError
 from relay.auth import Principal, Role
@@ -68,6 +69,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, principal: Principal) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
+    gone = closed_event(request)
     sub = ctx.bus.subscribe()
     try:
         # aiohttp-sse pings every 15 s (proxies cut idle streams); its ping task ends when the client is gone.
@@ -75,6 +77,7 @@ async def _stream(request: web.Request, principal: Principal) -> web.StreamRespo
             ending: set[asyncio.Future[Any]] = {
                 asyncio.ensure_future(ctx.shutting_down.wait()),
                 asyncio.ensure_future(resp.wait()),
+                asyncio.ensure_future(gone.wait()),
             }
             try:
                 while True:
