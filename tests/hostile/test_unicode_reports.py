@@ -139,6 +139,8 @@ ISSUE_12_CASES = [
           "notes": "строка 1\nстрока 2\u2029\x07конец\r\nещё", "caller.name": "\u202eворетП\u202c\x00\x1b[31m"},
          frozenset(), "\u202eвонаВИ \u2066x\u2069", raw_utf8=True),
     Case({"location.district": "e\u2028\u0301 \x00\u0301 \U0001f681\u200d\U0001f681"}, frozenset(), "\x85", False),
+    Case({"location.district": "x\r\nBcc: evil@example.com\r\nSubject: forged\r\n\r\nbody", "notes": "\r\n.\r\n"},
+         frozenset(), "x\r\nBcc: evil@example.com", raw_utf8=True),
     Case({"location.district": "Ж" * 101 + "\n", "caller.name": "\x1b" * 150}, frozenset({"location.district"}), "",
          raw_utf8=False),
 ]
@@ -208,13 +210,11 @@ def check_sms(sms: Sms) -> None:
     assert not forbidden(sms.body), ("SMS body", forbidden(sms.body), sms.body)
 
 
-MAIL_HEADERS = {"from", "to", "subject", "date", "message-id", "x-relay-key", "mime-version", "content-type",
-                "content-transfer-encoding"}
-
-
 def check_mail(mail: Mail) -> None:
-    names = {k.lower() for k in mail.message}
-    assert names <= MAIL_HEADERS, ("a header was injected", names - MAIL_HEADERS)
+    names = [k.lower() for k in mail.message]
+    assert not {"bcc", "cc", "reply-to"} & set(names), ("a header was injected", names)
+    assert names.count("subject") == 1 and names.count("to") == 1, ("a header was injected", names)
+    assert mail.rcpt_tos == [DESK1_EMAIL], mail.rcpt_tos
     for name, value in mail.message.items():
         assert not forbidden(str(value)), ("e-mail header", name, forbidden(str(value)), str(value))
 
@@ -319,6 +319,7 @@ HYPOTHESIS = settings(
 @example(case=ISSUE_12_CASES[0])
 @example(case=ISSUE_12_CASES[1])
 @example(case=ISSUE_12_CASES[2])
+@example(case=ISSUE_12_CASES[3])
 @HYPOTHESIS
 async def test_hostile_text_over_http_is_stored_clean_and_sent_by_sms_and_email(shared: Shared, case: Case) -> None:
     s = shared
@@ -348,7 +349,6 @@ async def test_hostile_text_over_http_is_stored_clean_and_sent_by_sms_and_email(
             check_sms(sms)
         for mail in await mail_with(s.smtp, code):
             check_mail(mail)
-            assert mail.rcpt_tos == [DESK1_EMAIL]
         await ack_over_http(s, case, alert_id)
 
     await s.example(case, body())
@@ -399,6 +399,7 @@ async def alert_or_rejection(side: MqttSide, report_id: str) -> tuple[str, dict[
 @example(case=ISSUE_12_CASES[0])
 @example(case=ISSUE_12_CASES[1])
 @example(case=ISSUE_12_CASES[2])
+@example(case=ISSUE_12_CASES[3])
 @HYPOTHESIS
 async def test_hostile_text_over_mqtt_reaches_the_console_sms_and_email(shared: Shared, mqtt_side: MqttSide,
                                                                        case: Case) -> None:
