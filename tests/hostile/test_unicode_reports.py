@@ -67,7 +67,7 @@ NASTY = (
 )
 PLAIN = "Грязинский район ул. Ленина, 5 "
 chars = st.one_of(
-    st.characters(codec=None, exclude_categories=("Cs",)),  # all of Unicode (surrogates cannot be in a str)
+    st.characters(codec=None, exclude_categories=["Cs"]),  # all of Unicode (surrogates cannot be in a str)
     st.sampled_from(NASTY),
     st.sampled_from("\n\r\t\x0b\x0c\x85\u2028\u2029\u202e\u2067\x00\x1b"),  # issue 12's, often
     st.sampled_from(PLAIN),
@@ -368,11 +368,10 @@ class MqttSide:
 
 @pytest.fixture
 async def mqtt_side(shared: Shared) -> AsyncIterator[MqttSide]:
-    async with (
-        Console(shared.broker.port, "airfield-1") as console,
-        MqttPeer(shared.broker.port, "112-system", ["uav/reports/op-1/rejected"]) as system,
-    ):
-        yield MqttSide(console, system)
+    side = MqttSide(Console(shared.broker.port, "airfield-1"),
+                    MqttPeer(shared.broker.port, "112-system", ["uav/reports/op-1/rejected"]))
+    async with side.console, side.system:
+        yield side
 
 
 async def next_for(peer: MqttPeer, report_id: str, timeout: float) -> dict[str, Any]:
@@ -437,7 +436,7 @@ async def _acknowledged(relay: RunningRelay, alert_id: str) -> dict[str, Any] | 
 
 # ---- the real daemon: issue 12's reports, then a restart ------------------------------------------------------
 
-ISSUE_12 = [
+ISSUE_12: list[tuple[str, dict[str, Any]]] = [
     ("line-feed", {"location": {"lat": 52.61, "lon": 39.59, "district": "Грязинский\nрайон"}}),
     ("crlf-address", {"location": {"lat": 52.61, "lon": 39.59, "address": "ул. Ленина,\r\nд. 5"}}),
     ("u2028", {"location": {"lat": 52.61, "lon": 39.59, "district": "Грязинский\u2028район"}}),
