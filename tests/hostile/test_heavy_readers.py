@@ -11,13 +11,18 @@ report reaches the console, `/healthz` keeps answering promptly.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from relay.states import AlertState
+from relay.store import sqlite as sqlite_store
+from relay.store.base import AckRecord, StoreUnavailable
+from relay.store.sqlite import SQLiteStore
 from tests.support.broker import Mosquitto
 from tests.support.console import Console
 from tests.support.process import RelayProcess
@@ -25,6 +30,7 @@ from tests.support.relay import OPERATOR_TOKEN, report, settings_dict, with_back
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_fake import TwilioFake
 from tests.support.wait import eventually
+from tests.test_store_contract import new_alert
 
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 FILL = 1000  # alerts stored before the readers start: each list is a full 1,000
@@ -32,6 +38,63 @@ READERS = 10
 STREAM = 60  # reports posted while the readers read
 STREAM_EVERY_S = 0.1
 HEALTHZ_P99_S = 0.3  # generous: the loop answers in about a millisecond; before the fix, 0.5-1.4 s
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = await SQLiteStore.open(tmp_path / "store" / "relay.db")
+    writer = asyncio.create_task(s.run())
+    try:
+        yield s
+    finally:
+        writer.cancel()
+        await asyncio.wait([writer])
+
+
+async def test_a_heavy_read_sees_every_write_awaited_before_it(store: SQLiteStore) -> None:
+    """The API's reads run on their own connection in a thread: still, what was written is what is read."""
+    for n in range(40):
+        accepted = await store.accept(new_alert(f"r-{n:03d}", desks=("d-1",)))
+        alert_id = accepted.alert.alert_id
+        listed = await store.list_alerts(states=None, limit=1)
+        assert [a.alert_id for a in listed] == [alert_id]
+        await store.mark_delivered(alert_id, "d-1", "mqtt", time.time())  # committed without its own fsync
+        listed = await store.list_alerts(states=None, limit=1)
+        assert listed[0].state is AlertState.DELIVERED
+        await store.record_ack(AckRecord(alert_id, "d-1", "mqtt", "дежурный", time.time(), 1.0))
+        listed = await store.list_alerts(states=None, limit=1)
+        assert listed[0].ack is not None and listed[0].state is AlertState.ACKNOWLEDGED
+        assert [e.kind for e in await store.events(alert_id)] == ["accepted", "delivered", "acknowledged"]
+        assert (await store.audit_log(1))[0].alert_id == alert_id
+    assert len(await store.list_alerts(states=None, limit=1000)) == 40
+
+
+async def test_read_errors_are_store_unavailable_and_the_next_read_recovers(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(300):
+        await store.accept(new_alert(f"r-{n}"))
+
+    def cannot_open() -> None:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "_open_reader", cannot_open)
+        with pytest.raises(StoreUnavailable):
+            await store.list_alerts(states=None, limit=1000)
+    assert len(await store.list_alerts(states=None, limit=1000)) == 300
+
+    with monkeypatch.context() as m:  # a read that runs too long is interrupted, not left holding its thread
+        m.setattr(sqlite_store, "READ_DEADLINE_S", -1.0)
+        with pytest.raises(StoreUnavailable, match="interrupted"):
+            await store.list_alerts(states=None, limit=1000)
+    assert len(await store.list_alerts(states=None, limit=1000)) == 300
+
+    writer_conn = store._read()
+    writer_conn.close()  # the engine's inline reads fail the same way, never with a raw sqlite3 error
+    for read in (store.get_alert("x"), store.due_alerts(time.time(), 10), store.next_due_at(), store.count_open()):
+        with pytest.raises(StoreUnavailable):
+            await read
 
 
 @pytest.fixture
