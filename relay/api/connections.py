@@ -159,6 +159,11 @@ class _Connection(asyncio.Protocol):
         self._deadline = None
         if self._busy or self._inner is None or self._transport is None:
             return
+        if self._transport.get_write_buffer_size():
+            # The last answer is still going out (a big one to a slow reader) and the next head, pipelined, waits
+            # behind it in aiohttp: that is not a slow head.
+            self._arm()
+            return
         self._guard.head_too_slow()
         self._transport.write(_TOO_SLOW)
         self._inner.force_close()

@@ -24,7 +24,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import tomli_w
 
+from relay.api.failures import FailureTrail
+from relay.clock import SystemClock
+from relay.config import ConfigError, load_settings
+from relay.ratelimit import RateLimiter
+from relay.store.sqlite import SQLiteStore
 from tests.support.broker import Mosquitto
 from tests.support.process import RelayProcess
 from tests.support.relay import (
@@ -353,6 +359,7 @@ async def test_under_a_low_file_limit_a_connection_flood_does_not_starve_the_ema
             try:
                 reader, writer = await _slow_client(port)
             except OSError:
+                await asyncio.sleep(0.01)  # backoff, not synchronisation: the relay refused for a moment
                 continue
             held.append(writer)
             try:
@@ -440,3 +447,50 @@ async def test_a_redelivered_sms_reply_acknowledges_once(backups: Backups) -> No
         # a new reply (a new MessageSid) is handled as ever: a later ack, recorded as a duplicate
         status, later = await TwilioFake.inbound(url, DESK1_PHONE, accepted["short_code"])
         assert status == 200 and "<Message>" in later
+
+
+# ---- the limiter and the tallies stay bounded, however many addresses ---------------------------------------
+
+
+def test_the_per_address_limiter_keeps_at_most_max_keys_buckets() -> None:
+    limiter = RateLimiter(RATE, BURST, max_keys=1000)
+    for n in range(50_000):  # an attacker with a /64 of addresses
+        limiter.take(f"2001:db8::{n:x}", 0.0)
+    assert len(limiter) == 1000
+    for _ in range(BURST):
+        assert limiter.take("2001:db8::ffff", 1.0) == 0  # one address still has its own budget
+    assert limiter.take("2001:db8::ffff", 1.0) > 0
+    assert limiter.wait("2001:db8::ffff", 1.0) > 0 and limiter.wait("192.0.2.1", 1.0) == 0  # a look takes nothing
+
+
+async def test_failure_tallies_past_their_cap_count_under_other_and_are_all_written(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "relay.db")
+    writer = asyncio.create_task(store.run())
+    try:
+        trail = FailureTrail(store, SystemClock(), max_tallies=10)
+        for n in range(5000):
+            trail.add("auth_refused", "/api/v1/reports", f"10.0.{n // 256}.{n % 256}", "unknown bearer token",
+                      time.time())
+        await trail.flush()
+        rows = [e for e in await store.audit_log(100) if e.kind == "auth_refused"]
+        assert len(rows) == 10 + 1  # ten addresses, and the rest together
+        assert sum(e.detail["count"] for e in rows) == 5000
+        assert next(e for e in rows if e.detail["from"] == "other").detail["count"] == 5000 - 10
+    finally:
+        writer.cancel()
+        await asyncio.wait([writer])
+
+
+@pytest.mark.parametrize("key", ["http.anon_rate_per_s", "http.anon_burst", "http.header_timeout_s",
+                                 "http.max_connections", "http.max_streams_per_token", "store.retention_days"])
+def test_each_limit_must_be_positive(key: str, tmp_path: Path) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_toml(tmp_path, {section: {name: 0}}))
+    assert any(p.startswith(key) for p in refused.value.problems), refused.value.problems
+
+
+def _toml(tmp_path: Path, cfg: dict[str, Any]) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    return path
