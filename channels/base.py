@@ -22,6 +22,9 @@ class FailureReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     TIMEOUT = "timeout"
     AUTH = "auth"
+    # The library raised something no rule of the channel foresaw; the detail names it. The send failed
+    # alone: a channel translates every error, expected or not, into a result (style rule 9).
+    UNEXPECTED = "unexpected"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ A connection per send: backup e-mail is rare, and servers drop idle sessions any
 from __future__ import annotations
 
 import asyncio
+import email.errors
 import logging
 import ssl
 from dataclasses import dataclass
@@ -54,7 +55,10 @@ class SmtpEmailChannel:
     async def send(self, msg: Outgoing) -> SendResult:
         if not self.breaker.allow():
             return SendResult.failed(FailureReason.UNREACHABLE, f"circuit open: {self.health.detail}")
-        message = self._message(msg)
+        try:
+            message = self._message(msg)
+        except (ValueError, TypeError, email.errors.MessageError) as exc:  # e.g. a line break in a header value
+            return SendResult.failed(FailureReason.REJECTED, f"message cannot be built: {exc}", permanent=True)
         try:
             async with asyncio.timeout(self._cfg.send_budget_s):
                 await with_retries(
@@ -77,6 +81,21 @@ class SmtpEmailChannel:
         except aiosmtplib.SMTPResponseException as exc:
             self.breaker.failed(f"{exc.code} {exc.message}")
             return SendResult.failed(FailureReason.REJECTED, f"smtp {exc.code}: {exc.message}", permanent=True)
+        except aiosmtplib.SMTPNotSupported as exc:  # a non-ASCII address, and the server has no SMTPUTF8
+            self.breaker.failed(str(exc), provider_fault=False)
+            return SendResult.failed(FailureReason.REJECTED, f"the server cannot take this address: {exc}",
+                                     permanent=True)
+        except aiosmtplib.SMTPException as exc:
+            # STARTTLS or AUTH that the config asks for and the server does not offer: every send will fail
+            # until one of the two is changed, so the channel is as good as down (the breaker opens).
+            self.breaker.failed(str(exc))
+            return SendResult.failed(FailureReason.REJECTED, f"the SMTP server lacks what the config expects: {exc}",
+                                     permanent=True)
+        except (ValueError, TypeError, UnicodeError, email.errors.MessageError) as exc:
+            return SendResult.failed(FailureReason.REJECTED, f"message cannot be sent: {exc}", permanent=True)
+        except Exception as exc:  # noqa: BLE001 - whatever else the library raises is this send's failure alone
+            self.breaker.failed(f"{type(exc).__name__}: {exc}")
+            return SendResult.failed(FailureReason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
         self.breaker.succeeded()
         return SendResult.accepted(provider_ref=message["Message-ID"])
 

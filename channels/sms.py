@@ -103,6 +103,9 @@ class TwilioSmsChannel:
             return SendResult.failed(exc.reason, str(exc))
         except _Refused as exc:
             return self._permanent(exc.error)
+        except Exception as exc:  # noqa: BLE001 - whatever else the client raises is this send's failure alone
+            self.breaker.failed(f"{type(exc).__name__}: {exc}")
+            return SendResult.failed(FailureReason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
         self.breaker.succeeded()
         return SendResult.accepted(provider_ref=sid)
 
@@ -129,9 +132,14 @@ class TwilioSmsChannel:
             if exc.status >= 500:
                 raise Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
             raise _Refused(exc) from None
-        except TwilioException as exc:  # an answer the client could not read: treat as a server fault
-            raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {exc}") from None
-        return str(created.sid)
+        except (TwilioException, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # An answer the client could not read (a proxy's HTML page with 200, JSON of another shape): a server
+            # fault, worth another try. Twilio may have sent it all the same: a duplicate SMS is harmless.
+            raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {type(exc).__name__}") from None
+        sid = getattr(created, "sid", None)
+        if not isinstance(sid, str) or not sid:
+            raise Transient(FailureReason.UNREACHABLE, "Twilio answer not understood: no message sid")
+        return sid
 
     async def fetch_status(self, sid: str) -> str:
         """Twilio's current status of a sent message (queued, sent, delivered, undelivered, failed, ...)."""

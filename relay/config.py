@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -187,9 +188,9 @@ class TemplatesSection(Section):
 
     @field_validator("sms", "email_subject", "email_text")
     @classmethod
-    def _renders(cls, v: str | None) -> str | None:
+    def _renders(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
-            check_template("", v)
+            check_template(info.field_name or "", v)
         return v
 
     def overrides(self) -> dict[str, str]:

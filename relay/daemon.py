@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from channels.base import Channel
@@ -24,6 +23,7 @@ from relay.engine import Engine
 from relay.escalation import Policy
 from relay.events import EventBus
 from relay.intake import Intake
+from relay.jobs import JobKind, Jobs
 from relay.metrics import Metrics
 from relay.mqtt_events import MqttEventPublisher
 from relay.mqtt_intake import MqttReportIntake
@@ -92,16 +92,6 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
     )
 
 
-def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """paho, under aiomqtt, registers a writer on a socket the broker just closed; the event loop reports that as
-    an error in a callback. It is harmless (the channel reconnects) and must not page anyone."""
-    message = str(context.get("message", ""))
-    if isinstance(context.get("exception"), (OSError, KeyError)) and "_writer" in message:
-        log.warning("broker socket closed under the MQTT client", extra={"event": "mqtt_socket_closed"})
-        return
-    loop.default_exception_handler(context)
-
-
 class Relay:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -113,7 +103,6 @@ class Relay:
         self.store: SQLiteStore | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        asyncio.get_running_loop().set_exception_handler(_loop_error)
         s = self.settings
         topics = Topics(s.mqtt.topic_prefix)
         store = self.store = await SQLiteStore.open(s.store.sqlite_path)
@@ -128,6 +117,7 @@ class Relay:
             load_or_create_key(s.http.ack_link_key.get_secret_value(), s.relay.data_dir), s.http.ack_link_ttl_s
         )
         engine: Engine | None = None
+        jobs = Jobs(self.metrics)
 
         async def store_writable() -> bool:
             try:
@@ -153,6 +143,7 @@ class Relay:
             ack_links=ack_links,
             public_url=s.http.public_url,
             on_failure=replan,
+            jobs=jobs,
         )
         engine = self.engine = Engine(
             store=store,
@@ -171,12 +162,15 @@ class Relay:
             primary=mqtt,
             backups=backups,
             dispatcher=dispatcher,
+            jobs=jobs,
         )
         auth = Authenticator(s.operators, s.desks, s.engineers)
         intake = Intake(engine, self.clock, self.metrics)
         limiter = RateLimiter(s.http.rate_per_s, s.http.rate_burst)
         report_intake = MqttReportIntake(intake, mqtt, topics, auth.operator_ids, limiter, self.clock)
-        mqtt.listen(engine, {topics.reports_filter: report_intake.on_report})
+        mqtt.listen(engine, {topics.reports_filter: jobs.contain(
+            JobKind.INBOUND, report_intake.on_report, lambda m: {"topic": m.topic[:200]}
+        )})
         self.metrics.channel_up.labels(mqtt.name).set(0)
         for channel in backups:
             self.metrics.channel_up.labels(channel.name).set(1)
@@ -220,15 +214,18 @@ class Relay:
                 tg.create_task(trail.run(), name="auth_failures"),
                 tg.create_task(Retention(store, self.clock, s.store.retention_days).run(), name="retention"),
             ]
-            mqtt_task = tg.create_task(mqtt.run(), name="mqtt")
-            backup_tasks = [tg.create_task(c.run(), name=c.name) for c in backups]
+            # A channel (or the canary, or the event publisher) that raises is restarted after a pause: that
+            # channel is down for a moment, the relay is not.
+            mqtt_task = tg.create_task(jobs.supervise("mqtt", mqtt.run), name="mqtt")
+            backup_tasks = [tg.create_task(jobs.supervise(c.name, c.run), name=c.name) for c in backups]
             canary_targets: dict[Channel, str] = {
                 c: t for c, t in ((sms, s.canary.sms_to), (email, s.canary.email_to)) if c is not None and t
             }
             canary = Canary(canary_targets, s.canary.interval_s, self.clock, self.metrics)
-            backup_tasks.append(tg.create_task(canary.run(), name="canary"))
+            backup_tasks.append(tg.create_task(jobs.supervise("canary", canary.run), name="canary"))
             engine_task = tg.create_task(engine.run(), name="engine")
-            events_task = tg.create_task(MqttEventPublisher(bus, mqtt, topics, self.metrics).run(), name="events")
+            events = MqttEventPublisher(bus, mqtt, topics, self.metrics)
+            events_task = tg.create_task(jobs.supervise("events", events.run), name="events")
             await http.start()
             self.http_port = http.port
             self.ready.set()

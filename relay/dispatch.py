@@ -2,24 +2,28 @@
 
 Every send follows the outbox order: the delivery was committed (queued, or marked sending) before it gets
 here; its outcome is committed after. A failure goes back to the engine, which re-plans (failover, retry).
+Each send is a job (relay/jobs.py): whatever rendering or a channel raises fails that delivery, with the reason,
+and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from channels.base import Channel, Outgoing, SendResult
+from channels.base import Channel, HealthState, Outgoing, SendResult
 from relay import render
 from relay.ack_links import AckLinkSigner
 from relay.clock import Clock
+from relay.jobs import JobKind, Jobs
 from relay.metrics import Metrics
 from relay.sms_bundler import SmsBundler, SmsItem
 from relay.states import OPEN_ALERT_STATES
-from relay.store.base import AlertRecord, AttemptOutcome, DeliveryRecord, Store, StoreUnavailable
+from relay.store.base import AlertRecord, AttemptOutcome, DeliveryRecord, Store
 from relay.tasks import stop_if_cancelled
 from relay.topics import Topics
 
@@ -51,8 +55,9 @@ class Dispatcher:
         ack_links: AckLinkSigner,
         public_url: str,
         on_failure: Callable[[str], Awaitable[None]],
+        jobs: Jobs,
     ) -> None:
-        self._store, self._channels, self._render = store, channels, renderer
+        self._store, self._channels, self._render, self._jobs = store, channels, renderer, jobs
         self._topics, self._clock, self._metrics = topics, clock, metrics
         self._expiry_s, self._sms_validity_s = message_expiry_s, sms_validity_s
         self._ack_links, self._public_url, self._on_failure = ack_links, public_url, on_failure
@@ -92,14 +97,31 @@ class Dispatcher:
         while True:
             stop_if_cancelled()
             job = await queue.get()
+            alert, d = job.alert, job.delivery
             try:
-                await self._send(job.alert, job.delivery)
-            except StoreUnavailable as exc:
-                log.error("store unavailable: delivery outcome not recorded",
-                          extra={"event": "delivery_unrecorded", "alert_id": job.alert.alert_id, "error": str(exc)})
+                await self._jobs.run(
+                    JobKind.DELIVERY, functools.partial(self._send, alert, d), alert_id=alert.alert_id,
+                    on_failure=functools.partial(self._failed, [(alert, d)]),
+                    delivery_id=d.delivery_id, channel=d.channel,
+                )
             finally:
-                self._in_flight.discard(job.delivery.delivery_id)
+                self._in_flight.discard(d.delivery_id)
                 queue.task_done()
+
+    async def _failed(self, jobs: list[tuple[AlertRecord, DeliveryRecord]], detail: str) -> None:
+        """Deliveries whose send raised: failed for good with the reason (a restart must not replay them into
+        the same error; the next backup round tries them afresh), the channel's health told, failover planned."""
+        now = self._clock.now()
+        channel = self._channels[jobs[0][1].channel]
+        if channel.health.state is HealthState.UP:
+            channel.health.set(HealthState.DEGRADED, f"a send failed: {detail}")
+        for alert, d in jobs:
+            recorded = await self._store.finish_attempt(d.delivery_id, AttemptOutcome.FAILED, now, error=detail)
+            if recorded is None:
+                continue  # its outcome was recorded before the error, or the alert closed meanwhile
+            self._metrics.deliveries.labels(d.channel, "unexpected").inc()
+            self._in_flight.discard(d.delivery_id)
+            await self._on_failure(alert.alert_id)
 
     async def _send(self, alert: AlertRecord, d: DeliveryRecord) -> None:
         if d.channel == "mqtt":
@@ -119,31 +141,51 @@ class Dispatcher:
         await self._record(alert, d, await self._deliver(d.channel, msg))
 
     async def _send_sms(self, phone: str, items: list[SmsItem]) -> None:
-        """One phone's SMS: what is still open goes out, bundled when several; what was acked meanwhile is not."""
         try:
-            still_open = []
-            for item in items:
-                if await self._still_open(item.alert.alert_id):
-                    still_open.append(item)
-                else:
-                    await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
-                                                     self._clock.now())
-            by_alert = {i.alert.alert_id: i for i in still_open}
-            for text, alerts in self._render.sms_batches([i.alert for i in still_open]):
-                batch = [by_alert[a.alert_id] for a in alerts]
-                msg = Outgoing(
-                    key=",".join(i.delivery.delivery_id for i in batch), target=phone, body=text.encode(),
-                    expiry_s=self._sms_validity_s,
-                )
-                result = await self._deliver("sms", msg)
-                for i in batch:
-                    await self._record(i.alert, i.delivery, result)
-        except StoreUnavailable as exc:
-            log.error("store unavailable: SMS outcome not recorded", extra={"event": "delivery_unrecorded",
-                                                                             "error": str(exc)})
+            await self._jobs.run(
+                JobKind.DELIVERY, lambda: self._send_sms_batch(phone, items),
+                alert_id=",".join(i.alert.alert_id for i in items),
+                on_failure=lambda detail: self._failed([(i.alert, i.delivery) for i in items], detail),
+                channel="sms",
+            )
         finally:
             for item in items:
                 self._in_flight.discard(item.delivery.delivery_id)
+
+    async def _send_sms_batch(self, phone: str, items: list[SmsItem]) -> None:
+        """One phone's SMS: what is still open goes out, bundled when several; what was acked meanwhile is not."""
+        still_open = []
+        for item in items:
+            if await self._still_open(item.alert.alert_id):
+                still_open.append(item)
+            else:
+                await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
+                                                 self._clock.now())
+        if len(still_open) > 1:
+            still_open = await self._renderable(still_open)
+        by_alert = {i.alert.alert_id: i for i in still_open}
+        for text, alerts in self._render.sms_batches([i.alert for i in still_open]):
+            batch = [by_alert[a.alert_id] for a in alerts]
+            msg = Outgoing(
+                key=",".join(i.delivery.delivery_id for i in batch), target=phone, body=text.encode(),
+                expiry_s=self._sms_validity_s,
+            )
+            result = await self._deliver("sms", msg)
+            for i in batch:
+                await self._record(i.alert, i.delivery, result)
+
+    async def _renderable(self, items: list[SmsItem]) -> list[SmsItem]:
+        """The items whose alert renders on its own: one that cannot must not take a bundle's others with it."""
+        ok = []
+        for item in items:
+            try:
+                self._render.sms(item.alert)
+            except Exception as exc:  # noqa: BLE001 - counted and recorded by jobs.failed, the delivery failed
+                detail = self._jobs.failed(JobKind.DELIVERY, exc, alert_id=item.alert.alert_id, channel="sms")
+                await self._failed([(item.alert, item.delivery)], detail)
+                continue
+            ok.append(item)
+        return ok
 
     async def _still_open(self, alert_id: str) -> bool:
         current = await self._store.get_alert(alert_id)

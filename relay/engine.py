@@ -22,6 +22,7 @@ from relay.dispatch import Dispatcher
 from relay.escalation import BackupReason, GiveUp, Policy, RetryBackups, SendBackups, SendPrimary
 from relay.events import EventBus, StateEvent
 from relay.ids import new_id
+from relay.jobs import JobKind, Jobs
 from relay.metrics import Metrics
 from relay.model import Report
 from relay.routing import Desk, route
@@ -39,12 +40,15 @@ from relay.store.base import (
     Store,
     StoreUnavailable,
 )
+from relay.text import normalise
 from relay.topics import Topics
 
 log = logging.getLogger("relay.engine")
 
 SCHEDULER_BATCH = 500
+SCHEDULER_PAUSE_S = 1.0  # after a store error or a failed step, before the scheduler looks again
 CHANNEL_TEST_PREFIX = "test-"  # ids of `relay test-channels` messages; no alert has one
+MAX_BY = 100  # an ack's `by`, whichever channel it came from
 
 class AckRefused(Exception):
     """An acknowledgement that must not count; the message says why."""
@@ -68,8 +72,10 @@ class Engine:
         primary: Channel,
         backups: Sequence[Channel] = (),
         dispatcher: Dispatcher,
+        jobs: Jobs,
     ) -> None:
         self._store = store
+        self._jobs = jobs
         self._desks = list(desks)
         self._desk_by_id = {d.id: d for d in desks}
         self._policy = policy
@@ -150,6 +156,10 @@ class Engine:
             log.info("channel test reply", extra={"event": "channel_test_reply", "desk_id": inbound.sender,
                                                   "kind": inbound.kind.value})
             return
+        await self._jobs.run(JobKind.INBOUND, lambda: self._inbound(inbound), alert_id=inbound.ref[:64],
+                             channel=inbound.channel, sender=inbound.sender[:64])
+
+    async def _inbound(self, inbound: Inbound) -> None:
         try:
             if inbound.kind is InboundKind.RECEIVED:
                 await self.receipt(inbound.ref, inbound.sender, inbound.channel)
@@ -158,11 +168,9 @@ class Engine:
                 await self.acknowledge(inbound.ref, inbound.sender, inbound.channel, inbound.by, source)
         except AckRefused:
             pass  # counted, logged and written down where it was refused
-        except StoreUnavailable as exc:
-            log.error(
-                "store unavailable: inbound not recorded",
-                extra={"event": "inbound_lost", "alert_id": inbound.ref, "error": str(exc)},
-            )
+
+    def count_refused(self, channel: str, reason: str) -> None:
+        self._metrics.acks_rejected.labels(channel, reason).inc()
 
     async def on_rejected_inbound(self, channel: str, sender: str, problem: str) -> None:
         self._metrics.acks_rejected.labels(channel, "malformed").inc()
@@ -212,6 +220,7 @@ class Engine:
 
         `source` says where it came from (a remote address, a phone, a topic) for the audit trail.
         """
+        by = normalise(by)[:MAX_BY]  # every channel's name text, cleaned in one place before it is stored
         alert = await self._store.get_alert(alert_id)
         if alert is None:
             await self.refuse(alert_id, channel, "unknown", source, f"no alert {alert_id}", known=False)
@@ -286,11 +295,16 @@ class Engine:
             self._poke.clear()
             self._wake_at = math.inf  # while it runs, any newly stored due time pokes it again
             try:
-                await self._run_due()
+                all_done = await self._run_due()
                 next_at = await self._store.next_due_at()
+                if not all_done:  # a step that failed is not tried again in a tight loop
+                    next_at = max(next_at or 0.0, self._clock.now() + SCHEDULER_PAUSE_S)
             except StoreUnavailable as exc:
                 log.error("scheduler cannot read the store", extra={"event": "scheduler_store", "error": str(exc)})
-                next_at = self._clock.now() + 1
+                next_at = self._clock.now() + SCHEDULER_PAUSE_S
+            except Exception as exc:  # noqa: BLE001 - counted and logged by jobs.failed; the scheduler goes on
+                self._jobs.failed(JobKind.SCHEDULED, exc, stage="scheduler pass")
+                next_at = self._clock.now() + SCHEDULER_PAUSE_S
             self._wake_at = math.inf if next_at is None else next_at
             await sleep_until_or(self._clock, next_at, self._poke)
 
@@ -300,39 +314,57 @@ class Engine:
             self._wake_at = at
             self._poke.set()
 
-    async def _run_due(self) -> None:
+    async def _run_due(self) -> bool:
+        """Every due step run; False if one failed (it was recorded, and is due again later)."""
         if self._recover_sending:
             for alert in await self._store.alerts_with_sending(limit=100_000):
                 self._dispatcher.submit(alert, [d for d in alert.deliveries if d.state is DeliveryState.SENDING])
             self._recover_sending = False
+        all_done = True
         if self._primary_back and self._primary.health.is_up:
             self._primary_back = False
             try:
                 for alert in await self._store.alerts_with_queued(self._primary.name, limit=100_000):
-                    await self._follow_plan(alert)
+                    all_done &= await self._step(alert)
             except BaseException:
                 self._primary_back = True  # not all were looked at: look again on the next round
                 raise
         while True:
             due = await self._store.due_alerts(self._clock.now(), SCHEDULER_BATCH)
             for alert in due:
-                await self._follow_plan(alert)
-            if len(due) < SCHEDULER_BATCH:
-                return
+                all_done &= await self._step(alert)
+            if len(due) < SCHEDULER_BATCH or not all_done:
+                return all_done
+
+    async def _step(self, alert: AlertRecord) -> bool:
+        """One alert's escalation step, as a job: if it fails, the alert's history says why and the step is due
+        again after `retry_s`, so one alert that cannot be handled never stops the others' escalation."""
+        done = await self._jobs.run(
+            JobKind.SCHEDULED, lambda: self._follow_plan(alert), alert_id=alert.alert_id,
+            on_failure=lambda detail: self._step_failed(alert, detail),
+        )
+        return done is not None
+
+    async def _step_failed(self, alert: AlertRecord, detail: str) -> None:
+        now = self._clock.now()
+        later = Schedule(now + self._policy.retry_s, alert.backup_rounds, alert.last_backup_at)
+        await self._store.save_schedule(alert.alert_id, later)
+        await self._store.add_event(EventRecord(alert.alert_id, now, "job_failed", {"job": "escalation step",
+                                                                                    "error": detail}))
 
     async def replan(self, alert_id: str) -> None:
         """Look at one alert again now (a send failed: fail over, or retry later)."""
         alert = await self._store.get_alert(alert_id)
         if alert is not None:
-            await self._follow_plan(alert)
+            await self._step(alert)
 
-    async def _follow_plan(self, alert: AlertRecord) -> None:
+    async def _follow_plan(self, alert: AlertRecord) -> bool:
         now = self._clock.now()
         primary_up = self._primary.health.is_up
         p = escalation.plan(alert, self._policy, now, primary_up=primary_up)
         if any(isinstance(a, GiveUp) for a in p.actions):
             await self._give_up(alert, now)
-            return
+            return True
         round_ = next((a for a in p.actions if isinstance(a, SendBackups)), None)
         if round_ is not None:
             await self._backup_round(alert, round_.reason, p.schedule, now, primary_up)
@@ -349,6 +381,7 @@ class Engine:
                     started = await self._store.start_attempt(d.delivery_id, now)
                     if started is not None:
                         self._dispatcher.submit(alert, [started])
+        return True
 
     async def _backup_round(
         self, alert: AlertRecord, reason: BackupReason, schedule: Schedule, now: float, primary_up: bool

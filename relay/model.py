@@ -9,12 +9,14 @@ from typing import Annotated, Any
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationInfo,
     field_validator,
 )
+
+from relay.text import normalise
 
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PAST = timedelta(hours=24)
@@ -82,7 +84,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, str_strip_whitespace=True)
 
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True)]
+def _one_line(v: object) -> object:
+    return normalise(v) if isinstance(v, str) else v
+
+
+def _lines(v: object) -> object:
+    return normalise(v, multiline=True) if isinstance(v, str) else v
+
+
+# Free text is normalised before its length is checked: what is stored, shown and compared for a replay is the
+# normalised text (CONTRACT.md, "Free text is normalised").
+Text = Annotated[str, BeforeValidator(_one_line)]
+MultilineText = Annotated[str, BeforeValidator(_lines)]
 
 
 class Location(_Strict):
@@ -117,7 +130,7 @@ class Report(_Strict):
     status: ReportStatus = ReportStatus.ACTUAL
     priority: Priority = Priority.IMMEDIATE
     caller: Caller | None = None
-    notes: Text | None = Field(None, max_length=1000)
+    notes: MultilineText | None = Field(None, max_length=1000)
 
     @field_validator("observed_at")
     @classmethod
@@ -197,7 +210,7 @@ class ErrorView(BaseModel):
 
 
 class AckRequest(_Strict):
-    by: str = Field("", max_length=100)
+    by: Text = Field("", max_length=100)
 
 
 class EventView(BaseModel):

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from relay.clock import to_datetime
 from relay.store.base import AlertRecord
+from relay.text import has_controls, normalise, single_line
 
 # Cyrillic forces UCS-2: 70 characters in one SMS, 67 per segment once split. Two segments arrive together
 # on every handset and cost two messages; a third often arrives later or out of order.
@@ -77,7 +78,10 @@ def mqtt_alert(alert: AlertRecord, desk_id: str, ack_topic: str) -> bytes:
 
 
 def check_template(name: str, template: str) -> None:
-    """ValueError naming the problem if `template` uses a field that does not exist or is malformed."""
+    """ValueError naming the problem if `template` uses a field that does not exist, is malformed, or holds a
+    control character (a line break in a subject would break the e-mail; only `email_text` may have lines)."""
+    if has_controls(template, multiline=name == "email_text"):
+        raise ValueError("contains control characters (only email_text may contain line breaks)")
     try:
         used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as exc:
@@ -118,9 +122,9 @@ class Renderer:
             "alert_id": alert.alert_id,
             "lat": f"{loc.get('lat', 0):.5f}",
             "lon": f"{loc.get('lon', 0):.5f}",
-            "district": loc.get("district") or "",
-            "address": loc.get("address") or "",
-            "notes": r.get("notes") or "",
+            "district": normalise(loc.get("district") or ""),
+            "address": normalise(loc.get("address") or ""),
+            "notes": normalise(r.get("notes") or ""),
             "stale": "наблюдение устарело (более 10 мин)" if alert.stale else "",
             "ack_url": ack_url,
         }
@@ -136,11 +140,11 @@ class Renderer:
         """At most SMS_LIMIT characters: the place is shortened first, then the whole text."""
         f = self.fields(alert)
         template = self.templates.get("sms", DEFAULT_TEMPLATES["sms"])
-        text = template.format(**f)
+        text = single_line(template.format(**f))
         if len(text) > SMS_LIMIT and f["place"]:
             room = len(f["place"]) - (len(text) - SMS_LIMIT)
             f["place"] = _shorten(f["place"], max(8, room))
-            text = template.format(**f)
+            text = single_line(template.format(**f))
         return _shorten(text, SMS_LIMIT)
 
     def sms_batches(self, alerts: Sequence[AlertRecord]) -> list[tuple[str, list[AlertRecord]]]:
@@ -150,10 +154,12 @@ class Renderer:
         batches: list[tuple[str, list[AlertRecord]]] = []
         items: list[str] = []
         carried: list[AlertRecord] = []
-        for a in alerts:
+        # Flash first (sorted() keeps the rest in order); each item keeps its own marks: an exercise inside a
+        # bundle of real alerts must still read as an exercise.
+        for a in sorted(alerts, key=lambda a: a.priority != "flash"):
             f = self.fields(a)
             count = f" x{f['count']}" if f["count"] != "1" else ""
-            item = f"{a.short_code} {f['time']} {_shorten(f['place'], 14)}{count}"
+            item = f"{f['mark']}{a.short_code} {f['time']} {_shorten(f['place'], 14)}{count}"
             if items and len(_bundle_text([*items, item], len(alerts))) > SMS_LIMIT:
                 batches.append((_bundle_text(items, len(alerts)), carried))
                 items, carried = [], []
@@ -165,11 +171,14 @@ class Renderer:
     # ---- e-mail ---------------------------------------------------------------------------------------
 
     def email_subject(self, alert: AlertRecord) -> str:
-        return self.templates.get("email_subject", DEFAULT_TEMPLATES["email_subject"]).format(**self.fields(alert))
+        """A header value: one line whatever the template or the stored report holds."""
+        return single_line(
+            self.templates.get("email_subject", DEFAULT_TEMPLATES["email_subject"]).format(**self.fields(alert))
+        )
 
     def email_text(self, alert: AlertRecord, ack_url: str) -> str:
         if "email_text" in self.templates:
-            return self.templates["email_text"].format(**self.fields(alert, ack_url))
+            return normalise(self.templates["email_text"].format(**self.fields(alert, ack_url)), multiline=True)
         lines = [f"{label}: {value}" for label, value in self.report_lines(alert)]
         return "\n".join([
             f"{self.fields(alert)['mark']}Сообщение о БПЛА, код {alert.short_code}", "", *lines, "",
@@ -223,7 +232,8 @@ class Renderer:
 
 def place(loc: Mapping[str, Any]) -> str:
     """District, else address, else the coordinates: what a dispatcher can find on a map fastest."""
-    return str(loc.get("district") or loc.get("address") or f"{loc.get('lat', 0):.3f},{loc.get('lon', 0):.3f}")
+    named = normalise(str(loc.get("district") or "")) or normalise(str(loc.get("address") or ""))
+    return named or f"{loc.get('lat', 0):.3f},{loc.get('lon', 0):.3f}"
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -18,6 +18,9 @@ from relay.store.base import Store
 
 log = logging.getLogger("relay.sms_replies")
 
+MAX_REPLY_CHARS = 1600  # Twilio's own limit of an SMS body; anything beyond is not read
+MAX_CODES = 10  # CONTRACT.md: a reply with more code-like words acknowledges nothing
+
 
 class SmsReplies:
     def __init__(self, engine: Engine, store: Store, desks: Sequence[Desk], clock: Clock) -> None:
@@ -38,9 +41,17 @@ class SmsReplies:
                 return ("Рассылка тревог на этот номер остановлена. Тревоги о БПЛА сюда больше не придут. "
                         "Чтобы возобновить, ответьте START.")
             return "Рассылка тревог на этот номер возобновлена."
-        codes = short_code.find_codes(sms.body)
+        codes = list(dict.fromkeys(short_code.find_codes(sms.body[:MAX_REPLY_CHARS])))
         if not codes:
             return "Код тревоги не найден. Ответьте кодом из SMS (4–6 знаков), например K7QX."
+        if len(codes) > MAX_CODES:
+            # Hundreds of code-like words are guesses, not a dispatcher's answer: one of them would hit an open
+            # alert by chance and stop its escalation.
+            self._engine.count_refused("sms", "too_many_codes")
+            log.warning("SMS reply with too many codes ignored", extra={
+                "event": "sms_reply_refused", "phone": sms.sender, "codes": len(codes)})
+            return (f"В ответе {len(codes)} кодов: ничего не подтверждено. "
+                    f"Ответьте кодами тревог, не более {MAX_CODES} в одном SMS.")
         return " ".join([await self._ack(code, sms.sender) for code in codes])
 
     async def _ack(self, code: str, phone: str) -> str:

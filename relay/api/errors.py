@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.api.context import CONTEXT
+from relay.jobs import JobKind, Jobs
 from relay.store.base import StoreUnavailable
 
 log = logging.getLogger("relay.api")
@@ -48,8 +50,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text)
-    except Exception:
-        log.exception("request failed", extra={"event": "api_error", "path": request.path})
+    except Exception as exc:  # noqa: BLE001 - this request fails alone (a 500), counted and logged once
+        Jobs(request.app[CONTEXT].metrics).failed(JobKind.REQUEST, exc, path=request.path[:200])
         response = json_error(500, "internal_error", "the relay hit an unexpected error; it is logged")
     if not response.prepared:
         for name, value in SAFE_HEADERS.items():

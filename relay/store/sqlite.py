@@ -584,7 +584,8 @@ def _op_finish_attempt(
         return None
     d = replace(d, attempted_at=at)
     if outcome is AttemptOutcome.SENT:
-        new = replace(d, state=DeliveryState.SENT, sent_at=at, error=None)
+        # the first send's time stays: each repeat round is in the alert's history, not over this
+        new = replace(d, state=DeliveryState.SENT, sent_at=d.sent_at or at, error=None)
     elif outcome is AttemptOutcome.FAILED:
         new = replace(d, state=DeliveryState.FAILED, error=error, permanent=True)
     elif alert_state in OPEN_ALERT_STATES and outcome is AttemptOutcome.RETRY:
@@ -700,6 +701,9 @@ def _op_start_backup_round(
             continue
         check_delivery(d.state, DeliveryState.SENDING)
         to_send.append(_update_delivery(conn, replace(d, state=DeliveryState.SENDING, attempts=d.attempts + 1), at))
+    # A delivery's sent_at is its first send; every round is here, in the alert's history.
+    _insert_event(conn, EventRecord(alert_id, at, "backup_round", {
+        "round": schedule.backup_rounds, "targets": [f"{d.channel}:{d.target}" for d in to_send]}))
     return to_send
 
 
