@@ -236,6 +236,11 @@ class SQLiteStore:
             return await asyncio.get_running_loop().run_in_executor(self._readers, self._in_reader, fn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot read the store: {exc}") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():  # dropped by `_close_readers`
+                raise StoreUnavailable("store is closed") from None
+            raise
 
     def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """In a reader thread: one snapshot for the whole of `fn`, interrupted after READ_DEADLINE_S; the rest
@@ -288,10 +293,11 @@ class SQLiteStore:
             log.warning("closing a failed read connection failed")
 
     def _close_readers(self) -> None:
-        """At the end: let reads under way finish (each is bounded), then close every reader connection."""
+        """At the end: reads not started are dropped (StoreUnavailable), the one under way finishes (it is bounded),
+        then every reader connection is closed."""
         readers, self._readers = self._readers, None
         if readers is not None:
-            readers.shutdown(wait=True)
+            readers.shutdown(wait=True, cancel_futures=True)
         with self._reader_lock:
             conns, self._reader_conns = self._reader_conns, []
         for conn in conns:

@@ -97,6 +97,22 @@ async def test_read_errors_are_store_unavailable_and_the_next_read_recovers(
             await read
 
 
+async def test_reads_waiting_when_the_store_stops_get_store_unavailable(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "relay.db")
+    writer = asyncio.create_task(store.run())
+    for n in range(300):
+        await store.accept(new_alert(f"r-{n}"))
+    reads = [asyncio.create_task(store.list_alerts(states=None, limit=1000)) for _ in range(10)]
+    await asyncio.sleep(0)  # a turn of the loop: they queue for the reader thread (either way, none may hang)
+    writer.cancel()
+    await asyncio.wait([writer])
+    outcomes = await asyncio.gather(*reads, return_exceptions=True)
+    assert all(isinstance(o, list | StoreUnavailable) for o in outcomes), outcomes
+    assert any(isinstance(o, StoreUnavailable) for o in outcomes)
+    with pytest.raises(StoreUnavailable):
+        await store.list_alerts(states=None, limit=1)
+
+
 @pytest.fixture
 def relay_process(tmp_path: Path) -> Iterator[list[RelayProcess]]:
     started: list[RelayProcess] = []
