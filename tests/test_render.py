@@ -113,3 +113,31 @@ def test_backups_enabled_without_credentials_is_a_config_error(tmp_path: Path) -
         "sms: enabled, but account_sid, from_number, auth_token not set",
         "email: tls and starttls exclude each other",
     ]
+
+
+def test_a_bundle_keeps_each_alerts_marks_and_puts_flash_first() -> None:
+    exercise, real, flash = alert("EX22", status="exercise"), alert("RE33"), alert("FL44", priority="flash")
+    batches = R.sms_batches([exercise, real, flash])
+    assert batches[0][1][0].short_code == "FL44"
+    text = " ".join(t for t, _ in batches)
+    assert text.index("СРОЧНО! FL44") < text.index("УЧЕНИЯ! EX22") < text.index("RE33")
+    assert "УЧЕНИЯ! RE33" not in text  # a real alert beside an exercise reads as real
+
+
+def test_text_stored_before_it_was_normalised_still_renders_on_one_line() -> None:
+    # A store written by an older relay may hold a district with a line break; the header must still be one line.
+    raw = alert(location={"lat": 52.6, "lon": 39.6, "district": "Грязинский\r\nрайон\u2028\x0b\x85\x00\x1b"},
+                notes="a\u202eb")
+    for text in (R.sms(raw), R.email_subject(raw), *(t for t, _ in R.sms_batches([raw, alert("M5C7")]))):
+        assert "Грязинский ра" in text  # a bundle shortens the place
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u202e" for c in text), repr(text)
+    assert "\u202e" not in R.email_text(raw, "u") and "\u202e" not in R.email_html(raw, "u")
+
+
+def test_a_template_with_a_control_character_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[templates]\nemail_subject = "{code}\\r\\nBcc: x@example.org"\n')
+    with pytest.raises(ConfigError, match=r"templates\.email_subject: .*control characters"):
+        load_settings(config)
+    config.write_text('[templates]\nemail_text = "Код {code}\\nМесто {place}"\n')  # lines are fine in a body
+    assert load_settings(config).templates.email_text == "Код {code}\nМесто {place}"

@@ -43,6 +43,7 @@ class Fault:
     status: int = 500
     code: int | None = None
     delay_s: float = 0.0
+    body: str | None = None  # answer this text as it is (e.g. a proxy's HTML page with 200), not Twilio's JSON
 
 
 @dataclass
@@ -83,6 +84,8 @@ class TwilioSink:
         self.tried.append(str(form.get("To", "")))
         if self.faults:
             fault = self.faults.pop(0)
+            if fault.body is not None:
+                return web.Response(text=fault.body, status=fault.status, content_type="text/html")
             if fault.delay_s:
                 await asyncio.sleep(fault.delay_s)  # a slow Twilio, as the relay's timeout sees it
             else:

@@ -50,13 +50,15 @@ class _Recorder:
 
 
 class SmtpServer:
-    """With `tls_dir`, it requires STARTTLS (a self-signed certificate made there) and a login `user`/`password`."""
+    """With `tls_dir`, it requires STARTTLS (a self-signed certificate made there) and a login `user`/`password`.
+    Without, it offers neither STARTTLS nor AUTH; `smtputf8=False`: nor SMTPUTF8 (non-ASCII addresses)."""
 
-    def __init__(self, tls_dir: Path | None = None, user: str = "relay", password: str = "smtp-secret-pass") -> None:
+    def __init__(self, tls_dir: Path | None = None, user: str = "relay", password: str = "smtp-secret-pass",
+                 *, smtputf8: bool = True) -> None:
         self.port = free_port()
         self._recorder = _Recorder()
         self._controller: Controller | None = None
-        self._tls: dict[str, Any] = {}
+        self._tls: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}  # aiosmtpd's Controller offers it by default
         self.ca_file: Path | None = None
         if tls_dir is not None:
             self.ca_file, key = _self_signed(tls_dir)
@@ -68,7 +70,7 @@ class SmtpServer:
                     and data.password.decode() == password
                 return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
-            self._tls = {"tls_context": context, "require_starttls": True, "auth_required": True,
+            self._tls |= {"tls_context": context, "require_starttls": True, "auth_required": True,
                          "authenticator": authenticator}
 
     @property
