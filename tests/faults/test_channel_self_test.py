@@ -77,6 +77,27 @@ async def test_test_channels_exits_1_when_a_channel_does_not_take_the_message(
     assert email_rows and all(cells[3] == "NO" for cells in email_rows)
 
 
+async def test_check_config_warns_and_test_channels_finds_what_the_smtp_server_lacks(
+    broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path
+) -> None:
+    """starttls, a login and a non-ASCII address are valid config; only the server can say it lacks them."""
+    cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=smtp.port,
+                       twilio_url=twilio.base_url)
+    cfg["email"] = {**cfg["email"], "starttls": True, "username": "relay", "password": "smtp-secret-pass"}
+    cfg["desks"][1] = {**cfg["desks"][1], "email": ["дежурный@аэродром.example"]}
+    config = tmp_path / "relay.toml"
+    config.write_text(tomli_w.dumps(cfg))
+    checked = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "relay", "check-config", "--config",
+                                                       str(config)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0
+    for key in ("email.starttls", "email.username", "desks[1].email", "http.public_url"):
+        assert f"warning: {key}:" in checked.stderr, (key, checked.stderr)
+
+    result = await _run_test_channels(cfg, tmp_path)
+    assert result.returncode == 1
+    assert "STARTTLS" in result.stdout, result.stdout  # the row says why, from the server itself
+
+
 async def test_the_canary_checks_the_backup_channels_at_start(
     broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path
 ) -> None:
