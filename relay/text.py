@@ -18,7 +18,8 @@ _BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u
 _TO_SPACE = {ord(c): " " for c in _LINE_BREAKS + "\t"}
 _TO_NEWLINE = {ord(c): "\n" for c in _LINE_BREAKS} | {ord("\t"): " "}
 _DROPPED = {
-    **{cp: None for cp in range(0x00, 0x20)},  # C0 (the line breaks and tab are mapped before this applies)
+    # C0 but the newline, which only `multiline` keeps (the line breaks and tab are mapped before this applies)
+    **{cp: None for cp in range(0x00, 0x20) if cp != 0x0A},
     0x7F: None,
     **{cp: None for cp in range(0x80, 0xA0)},  # C1
     **{ord(c): None for c in _BIDI_CONTROLS},

@@ -130,3 +130,12 @@ async def test_a_sighting_older_than_ten_minutes_is_relayed_marked_stale(relay: 
     status, accepted = await relay.post_report(report("old-1", observed_at=_ago(minutes=11)))
     assert status == 201
     assert (await relay.alert(accepted["alert_id"]))["stale"] is True
+
+
+def test_free_text_is_normalised_notes_keep_their_lines() -> None:
+    from relay.text import normalise
+
+    assert normalise("строка 1\nстрока 2\u2029\x07конец\r\nещё", multiline=True) == "строка 1\nстрока 2\nконец\nещё"
+    assert normalise("Грязинский\r\nрайон\u2028\x0b\x85\t1") == "Грязинский район    1"
+    assert normalise("\u202eПетров\u202c\x00\x1b[31m\u2066x\u2069") == "Петров[31mx"
+    assert normalise("е\u0308") == "ё"  # NFC
