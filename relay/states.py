@@ -61,3 +61,8 @@ def check_delivery(old: DeliveryState, new: DeliveryState) -> None:
 
 def alert_may(old: AlertState, new: AlertState) -> bool:
     return new in ALERT_TRANSITIONS[old]
+
+
+def check_alert(old: AlertState, new: AlertState) -> None:
+    if not alert_may(old, new):
+        raise IllegalTransition(f"alert {old} -> {new}")

@@ -1,9 +1,9 @@
-"""The contract every Store implementation keeps. Parametrised: a PostgreSQL store joins the list and runs the same."""
+"""The contract every Store implementation keeps, blind to which one it is. Parametrised: a PostgreSQL store joins
+the list and runs the same. What only SQLite has is in test_store_sqlite.py."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -26,7 +26,6 @@ from relay.store.base import (
     Store,
 )
 from relay.store.sqlite import SQLiteStore
-from relay.store.sqlite_schema import MIGRATIONS
 
 Opener = Callable[[], Awaitable[Store]]
 
@@ -95,15 +94,6 @@ async def test_open_alerts_never_share_a_short_code(store: Store) -> None:
     await store.record_ack(AckRecord(a.alert.alert_id, "d-1", "http", "x", time.time(), 1.0))
     c = await store.accept(new_alert("r-3", code="K7QX"))  # a closed alert frees its code
     assert c.alert.short_code == "K7QX"
-
-
-async def test_a_burst_of_writes_costs_few_commits(store: Store) -> None:
-    assert isinstance(store, SQLiteStore)
-    before = store.commits
-    results = await asyncio.gather(*(store.accept(new_alert(f"burst-{n}")) for n in range(500)))
-    assert all(r.outcome is AcceptOutcome.CREATED for r in results)
-    assert store.commits - before < 50  # batched: one fsync carries many reports
-    assert await store.count_open() == 500
 
 
 async def test_first_ack_closes_the_alert_and_cancels_what_is_still_queued(store: Store) -> None:
@@ -238,42 +228,3 @@ async def test_pruning_deletes_old_history_in_batches_and_keeps_alerts(store: St
     assert [e.detail for e in await store.audit_log(100)] == [{"n": "recent"}]
     assert await store.first_inbound("sms", "SM-old", now)  # forgotten
     assert not await store.first_inbound("sms", "SM-new", now)  # still known
-
-
-# ---- SQLite specifics -----------------------------------------------------------------------------------
-
-
-async def test_sqlite_schema_is_versioned_and_migrated_once(tmp_path: Path) -> None:
-    s = await _sqlite(tmp_path)
-    writer = asyncio.create_task(s.run())
-    await s.accept(new_alert())
-    writer.cancel()
-    await asyncio.wait([writer])
-    reopened = await _sqlite(tmp_path)  # migrating again must keep the data
-    writer = asyncio.create_task(reopened.run())
-    try:
-        assert await reopened.count_open() == 1
-    finally:
-        writer.cancel()
-        await asyncio.wait([writer])
-    conn = sqlite3.connect(tmp_path / "store" / "relay.db")
-    assert conn.execute("SELECT max(version) FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
-    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS) + 1,))
-    conn.commit()
-    conn.close()
-    with pytest.raises(RuntimeError, match="newer than this relay knows"):
-        await _sqlite(tmp_path)
-
-
-async def test_what_was_queued_before_a_stop_is_still_committed(tmp_path: Path) -> None:
-    s = await _sqlite(tmp_path)
-    writer = asyncio.create_task(s.run())
-    pending = [asyncio.create_task(s.accept(new_alert(f"late-{n}"))) for n in range(20)]
-    await asyncio.sleep(0)  # the accepts are queued, none committed yet
-    writer.cancel()
-    await asyncio.wait([writer])
-    assert all(p.result().outcome is AcceptOutcome.CREATED for p in pending)
-    conn = sqlite3.connect(tmp_path / "store" / "relay.db")
-    assert conn.execute("SELECT count(*) FROM alerts").fetchone() == (20,)
-    conn.close()

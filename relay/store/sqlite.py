@@ -23,15 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from relay import short_code
+from relay import transitions
 from relay.clock import to_datetime
 from relay.states import (
     OPEN_ALERT_STATES,
     AlertState,
     DeliveryState,
-    alert_may,
-    check_delivery,
-    delivery_may,
 )
 from relay.store.base import (
     Accepted,
@@ -495,7 +492,7 @@ def _op_accept(conn: sqlite3.Connection, new: NewAlert) -> Accepted:
         assert existing is not None
         outcome = AcceptOutcome.REPLAY if row[0] == new.content_sha256 else AcceptOutcome.CONFLICT
         return Accepted(outcome, existing)
-    code = _free_short_code(conn, a.short_code)
+    code = transitions.free_short_code(a.short_code, functools.partial(_code_taken, conn))
     conn.execute(
         "INSERT INTO alerts (alert_id, operator_id, report_id, content_sha256, report_json, desks_json, "
         "short_code, priority, stale, state, source, created_at, next_action_at, backup_rounds, last_backup_at) "
@@ -515,17 +512,10 @@ def _op_accept(conn: sqlite3.Connection, new: NewAlert) -> Accepted:
     return Accepted(AcceptOutcome.CREATED, replace(a, short_code=code))
 
 
-def _free_short_code(conn: sqlite3.Connection, wanted: str) -> str:
-    """`wanted`, or another code not held by any open alert (longer codes once the short ones get crowded)."""
-    code = wanted
-    for attempt in range(60):
-        taken = conn.execute(
-            f"SELECT 1 FROM alerts WHERE short_code = ? AND state IN {_OPEN_SQL}", (code,)  # noqa: S608
-        ).fetchone()
-        if taken is None:
-            return code
-        code = short_code.new_code(min(short_code.MAX_LENGTH, short_code.MIN_LENGTH + attempt // 20))
-    raise RuntimeError("no free short code found")
+def _code_taken(conn: sqlite3.Connection, code: str) -> bool:
+    return conn.execute(
+        f"SELECT 1 FROM alerts WHERE short_code = ? AND state IN {_OPEN_SQL}", (code,)  # noqa: S608
+    ).fetchone() is not None
 
 
 def _op_add_deliveries(conn: sqlite3.Connection, deliveries: Iterable[DeliveryRecord], at: float) -> None:
@@ -566,14 +556,11 @@ def _op_start_attempt(conn: sqlite3.Connection, delivery_id: str, at: float) -> 
     found = _delivery_and_alert_state(conn, delivery_id)
     if found is None:
         return None
-    d, alert_state = found
-    if alert_state not in OPEN_ALERT_STATES:
-        if d.state is DeliveryState.QUEUED:
-            _update_delivery(conn, replace(d, state=DeliveryState.CANCELLED), at)
+    changed = transitions.attempt_started(*found)
+    if changed is None:
         return None
-    if not delivery_may(d.state, DeliveryState.SENDING):
-        return None
-    return _update_delivery(conn, replace(d, state=DeliveryState.SENDING, attempts=d.attempts + 1), at)
+    _update_delivery(conn, changed, at)
+    return changed if changed.state is DeliveryState.SENDING else None
 
 
 def _op_finish_attempt(
@@ -582,41 +569,15 @@ def _op_finish_attempt(
     found = _delivery_and_alert_state(conn, delivery_id)
     if found is None:
         return None
-    d, alert_state = found
-    if d.state is DeliveryState.QUEUED:  # sent straight from the outbox row, without a separate SENDING commit
-        check_delivery(d.state, DeliveryState.SENDING)
-        d = replace(d, state=DeliveryState.SENDING, attempts=d.attempts + 1)
-    elif d.state is not DeliveryState.SENDING:
-        return None
-    d = replace(d, attempted_at=at)
-    if outcome is AttemptOutcome.SENT:
-        # the first send's time stays: each repeat round is in the alert's history, not over this
-        new = replace(d, state=DeliveryState.SENT, sent_at=d.sent_at or at, error=None)
-    elif outcome is AttemptOutcome.FAILED:
-        new = replace(d, state=DeliveryState.FAILED, error=error, permanent=True)
-    elif alert_state in OPEN_ALERT_STATES and outcome is AttemptOutcome.RETRY:
-        new = replace(d, state=DeliveryState.QUEUED, error=error)
-    else:
-        new = replace(d, state=DeliveryState.CANCELLED, error=error)
-    check_delivery(d.state, new.state)
-    return _update_delivery(conn, new, at)
-
-
-# A receipt proves the message got there, even where our own record of sending it was lost (a publish
-# that timed out here but reached the broker after all): walk the rest of the way forward.
-_PATH_TO_DELIVERED: dict[DeliveryState, tuple[DeliveryState, ...]] = {
-    DeliveryState.QUEUED: (DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.DELIVERED),
-    DeliveryState.SENDING: (DeliveryState.SENT, DeliveryState.DELIVERED),
-    DeliveryState.SENT: (DeliveryState.DELIVERED,),
-    DeliveryState.FAILED: (DeliveryState.DELIVERED,),
-}
+    changed = transitions.attempt_finished(*found, outcome, at, error)
+    return None if changed is None else _update_delivery(conn, changed, at)
 
 
 def _op_mark_delivered(
     conn: sqlite3.Connection, alert_id: str, desk_id: str, channel: str, at: float, target: str | None = None
 ) -> ReceiptResult | None:
     rows = [
-        r for r in conn.execute(
+        _delivery(r) for r in conn.execute(
             f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND desk_id = ? AND channel = ?",  # noqa: S608
             (alert_id, desk_id, channel),
         )
@@ -624,60 +585,57 @@ def _op_mark_delivered(
     ]
     if not rows:
         return None
-    for row in rows:
-        d = _delivery(row)
-        path = _PATH_TO_DELIVERED.get(d.state, ())
-        if not path:
-            continue
-        for step in path:
-            check_delivery(d.state, step)
-            d = replace(d, state=step, attempts=d.attempts + (step is DeliveryState.SENDING))
-        _update_delivery(conn, replace(d, sent_at=d.sent_at or at, delivered_at=at, error=None), at)
+    for d in rows:
+        changed = transitions.receipt(d, at)
+        if changed is not None:
+            _update_delivery(conn, changed, at)
     alert = _read_alert(conn, alert_id, full=False)
     assert alert is not None
-    if not alert_may(alert.state, AlertState.DELIVERED):
+    now_delivered = transitions.delivered(alert)
+    if now_delivered is None:
         return ReceiptResult(alert, newly_delivered=False)
-    conn.execute("UPDATE alerts SET state = 'delivered' WHERE alert_id = ?", (alert_id,))
+    _save_alert_state(conn, now_delivered, closed_at=None)
     _insert_event(conn, EventRecord(alert_id, at, "delivered", {"desk_id": desk_id, "channel": channel}))
-    return ReceiptResult(replace(alert, state=AlertState.DELIVERED), newly_delivered=True)
+    return ReceiptResult(now_delivered, newly_delivered=True)
 
 
 def _op_record_ack(conn: sqlite3.Connection, ack: AckRecord) -> AckResult | None:
     alert = _read_alert(conn, ack.alert_id, full=False)
     if alert is None:
         return None
-    first = alert.ack is None
+    closed = transitions.acknowledged(alert, ack)
     conn.execute(
         "INSERT INTO acks (alert_id, desk_id, channel, by, at, latency_s, first, source) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (ack.alert_id, ack.desk_id, ack.channel, ack.by, ack.at, ack.latency_s, int(first), ack.source),
+        (ack.alert_id, ack.desk_id, ack.channel, ack.by, ack.at, ack.latency_s, int(closed is not None), ack.source),
     )
     detail = {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "from": ack.source}
-    if not first:
+    if closed is None:
         _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", detail))
         return AckResult(first=False, alert=alert)
-    if not alert_may(alert.state, AlertState.ACKNOWLEDGED):
-        raise RuntimeError(f"alert {alert.alert_id} in state {alert.state} cannot be acknowledged")
-    conn.execute(
-        "UPDATE alerts SET state = 'acknowledged', closed_at = ?, next_action_at = NULL WHERE alert_id = ?",
-        (ack.at, ack.alert_id),
-    )
+    _save_alert_state(conn, closed, closed_at=ack.at)
     cancelled = _cancel_queued(conn, ack.alert_id, ack.at)
     _insert_event(conn, EventRecord(ack.alert_id, ack.at, "acknowledged", {**detail, "cancelled": cancelled}))
-    return AckResult(
-        first=True, alert=replace(alert, state=AlertState.ACKNOWLEDGED, ack=ack, next_action_at=None),
-        was_open=alert.state in OPEN_ALERT_STATES, cancelled=cancelled,
-    )
+    return AckResult(first=True, alert=closed, was_open=alert.state in OPEN_ALERT_STATES, cancelled=cancelled)
 
 
 def _cancel_queued(conn: sqlite3.Connection, alert_id: str, at: float) -> int:
-    # Every queued delivery may go to CANCELLED (states.DELIVERY_TRANSITIONS): no per-row check needed.
-    check_delivery(DeliveryState.QUEUED, DeliveryState.CANCELLED)
-    cur = conn.execute(
-        "UPDATE deliveries SET state = 'cancelled', updated_at = ? WHERE alert_id = ? AND state = 'queued'",
-        (at, alert_id),
+    queued = [
+        _delivery(r) for r in conn.execute(
+            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND state = 'queued'", (alert_id,)  # noqa: S608
+        )
+    ]
+    cancelled = transitions.cancel_queued(queued)
+    for d in cancelled:
+        _update_delivery(conn, d, at)
+    return len(cancelled)
+
+
+def _save_alert_state(conn: sqlite3.Connection, alert: AlertRecord, *, closed_at: float | None) -> None:
+    conn.execute(
+        "UPDATE alerts SET state = ?, next_action_at = ?, closed_at = coalesce(?, closed_at) WHERE alert_id = ?",
+        (alert.state.value, alert.next_action_at, closed_at, alert.alert_id),
     )
-    return cur.rowcount
 
 
 def _op_start_backup_round(
@@ -691,26 +649,15 @@ def _op_start_backup_round(
         r[0]: _delivery(r)
         for r in conn.execute(f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ?", (alert_id,))  # noqa: S608
     }
-    opted_out = {r[0] for r in conn.execute("SELECT phone FROM sms_opt_outs")}
-    to_send = []
-    for wanted in deliveries:
-        d = existing.get(wanted.delivery_id)
-        if d is None:
-            _op_add_deliveries(conn, [wanted], at)
-            d = wanted
-        if d.permanent or not delivery_may(d.state, DeliveryState.SENDING):
-            continue  # a bad number stays failed; one still being sent is not sent twice
-        if d.channel == "sms" and d.target in opted_out:
-            check_delivery(d.state, DeliveryState.SENDING)
-            _update_delivery(conn, replace(d, state=DeliveryState.FAILED, permanent=True, attempted_at=at,
-                                           error="rejected: the phone replied STOP; START re-enables it"), at)
-            continue
-        check_delivery(d.state, DeliveryState.SENDING)
-        to_send.append(_update_delivery(conn, replace(d, state=DeliveryState.SENDING, attempts=d.attempts + 1), at))
+    opted_out = {("sms", r[0]) for r in conn.execute("SELECT phone FROM sms_opt_outs")}
+    round_ = transitions.backup_round(existing, deliveries, opted_out, at)
+    _op_add_deliveries(conn, round_.created, at)
+    for d in round_.changed:
+        _update_delivery(conn, d, at)
     # A delivery's sent_at is its first send; every round is here, in the alert's history.
     _insert_event(conn, EventRecord(alert_id, at, "backup_round", {
-        "round": schedule.backup_rounds, "targets": [f"{d.channel}:{d.target}" for d in to_send]}))
-    return to_send
+        "round": schedule.backup_rounds, "targets": [f"{d.channel}:{d.target}" for d in round_.to_send]}))
+    return round_.to_send
 
 
 def _op_delivery_report(
@@ -722,8 +669,9 @@ def _op_delivery_report(
     d = _delivery(row)
     if delivered:
         return _op_mark_delivered(conn, d.alert_id, d.desk_id, d.channel, at, target=d.target)
-    if delivery_may(d.state, DeliveryState.FAILED):  # a late "failed" after "delivered" changes nothing
-        _update_delivery(conn, replace(d, state=DeliveryState.FAILED, error=error), at)
+    changed = transitions.undelivered(d, error)
+    if changed is not None:
+        _update_delivery(conn, changed, at)
     alert = _read_alert(conn, d.alert_id, full=False)
     return None if alert is None else ReceiptResult(alert, newly_delivered=False)
 
@@ -745,15 +693,13 @@ def _op_save_schedule(conn: sqlite3.Connection, alert_id: str, schedule: Schedul
 
 def _op_give_up(conn: sqlite3.Connection, alert_id: str, at: float) -> AlertRecord | None:
     alert = _read_alert(conn, alert_id, full=False)
-    if alert is None or not alert_may(alert.state, AlertState.UNACKNOWLEDGED):
+    closed = None if alert is None else transitions.given_up(alert)
+    if closed is None:
         return None
-    conn.execute(
-        "UPDATE alerts SET state = 'unacknowledged', closed_at = ?, next_action_at = NULL WHERE alert_id = ?",
-        (at, alert_id),
-    )
+    _save_alert_state(conn, closed, closed_at=at)
     cancelled = _cancel_queued(conn, alert_id, at)
     _insert_event(conn, EventRecord(alert_id, at, "unacknowledged", {"cancelled": cancelled}))
-    return replace(alert, state=AlertState.UNACKNOWLEDGED, next_action_at=None)
+    return closed
 
 
 def _insert_event(conn: sqlite3.Connection, event: EventRecord) -> None:
