@@ -116,8 +116,8 @@ class Relay:
         ack_links = AckLinkSigner(
             load_or_create_key(s.http.ack_link_key.get_secret_value(), s.relay.data_dir), s.http.ack_link_ttl_s
         )
-        engine: Engine | None = None
         jobs = Jobs(self.metrics)
+        poke = asyncio.Event()  # a due time stored earlier than the scheduler's next look (a failed send)
 
         async def store_writable() -> bool:
             try:
@@ -125,10 +125,6 @@ class Relay:
             except StoreUnavailable:
                 return False
             return True
-
-        async def replan(alert_id: str) -> None:
-            assert engine is not None
-            await engine.replan(alert_id)
 
         dispatcher = Dispatcher(
             store=store,
@@ -142,7 +138,7 @@ class Relay:
             sms_bundle_window_s=s.sms.bundle_window_s,
             ack_links=ack_links,
             public_url=s.http.public_url,
-            on_failure=replan,
+            poke=poke,
             jobs=jobs,
         )
         engine = self.engine = Engine(
@@ -163,6 +159,7 @@ class Relay:
             backups=backups,
             dispatcher=dispatcher,
             jobs=jobs,
+            poke=poke,
         )
         auth = Authenticator(s.operators, s.desks, s.engineers)
         intake = Intake(engine, self.clock, self.metrics)
@@ -224,6 +221,7 @@ class Relay:
             canary = Canary(canary_targets, s.canary.interval_s, self.clock, self.metrics)
             backup_tasks.append(tg.create_task(jobs.supervise("canary", canary.run), name="canary"))
             engine_task = tg.create_task(engine.run(), name="engine")
+            dispatch_task = tg.create_task(dispatcher.run(), name="dispatch")
             events = MqttEventPublisher(bus, mqtt, topics, self.metrics)
             events_task = tg.create_task(jobs.supervise("events", events.run), name="events")
             await http.start()
@@ -239,13 +237,14 @@ class Relay:
             watchdog_task.cancel()
             log.info("stopping: intake closed, draining sends", extra={"event": "relay_stopping"})
             await http.stop()
-            drained = await engine.drain(DRAIN_S)
+            drained = await dispatcher.drain(DRAIN_S)
             log.info("drained" if drained else "drain timed out: the rest stays queued on disk",
                      extra={"event": "relay_drained", "complete": drained})
             for task in housekeeping:  # after the HTTP stop, so the last failures counted are written
                 task.cancel()
                 await asyncio.wait([task])
-            for task in (engine_task, events_task, *backup_tasks, mqtt_task, store_task):  # the store last
+            # the store last: what the others still write is committed
+            for task in (engine_task, dispatch_task, events_task, *backup_tasks, mqtt_task, store_task):
                 task.cancel()
                 await asyncio.wait([task])
         log.info("relay stopped", extra={"event": "relay_stopped"})

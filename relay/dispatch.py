@@ -1,7 +1,8 @@
 """The sending side: takes deliveries the engine decided on, renders them for their channel, sends, records.
 
 Every send follows the outbox order: the delivery was committed (queued, or marked sending) before it gets
-here; its outcome is committed after. A failure goes back to the engine, which re-plans (failover, retry).
+here; its outcome is committed after. A failed send's outcome makes its alert due now, in the same commit, and
+the scheduler (the one planner) decides the failover or the retry.
 Each send is a job (relay/jobs.py): whatever rendering or a channel raises fails that delivery, with the reason,
 and nothing else.
 """
@@ -12,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from channels.base import Channel, HealthState, Outgoing, SendResult
@@ -54,13 +55,13 @@ class Dispatcher:
         sms_bundle_window_s: float,
         ack_links: AckLinkSigner,
         public_url: str,
-        on_failure: Callable[[str], Awaitable[None]],
+        poke: asyncio.Event,
         jobs: Jobs,
     ) -> None:
         self._store, self._channels, self._render, self._jobs = store, channels, renderer, jobs
         self._topics, self._clock, self._metrics = topics, clock, metrics
         self._expiry_s, self._sms_validity_s = message_expiry_s, sms_validity_s
-        self._ack_links, self._public_url, self._on_failure = ack_links, public_url, on_failure
+        self._ack_links, self._public_url, self._poke = ack_links, public_url, poke
         self._queues: dict[str, asyncio.Queue[_Job]] = {name: asyncio.Queue() for name in WORKERS}
         self._in_flight: set[str] = set()  # delivery ids queued here or being sent
         self._bundler = SmsBundler(sms_bundle_window_s, self._send_sms, clock)
@@ -101,27 +102,27 @@ class Dispatcher:
             try:
                 await self._jobs.run(
                     JobKind.DELIVERY, functools.partial(self._send, alert, d), alert_id=alert.alert_id,
-                    on_failure=functools.partial(self._failed, [(alert, d)]),
+                    on_failure=functools.partial(self._failed, [d]),
                     delivery_id=d.delivery_id, channel=d.channel,
                 )
             finally:
                 self._in_flight.discard(d.delivery_id)
                 queue.task_done()
 
-    async def _failed(self, jobs: list[tuple[AlertRecord, DeliveryRecord]], detail: str) -> None:
+    async def _failed(self, deliveries: list[DeliveryRecord], detail: str) -> None:
         """Deliveries whose send raised: failed for good with the reason (a restart must not replay them into
         the same error; the next backup round tries them afresh), the channel's health told, failover planned."""
         now = self._clock.now()
-        channel = self._channels[jobs[0][1].channel]
+        channel = self._channels[deliveries[0].channel]
         if channel.health.state is HealthState.UP:
             channel.health.set(HealthState.DEGRADED, f"a send failed: {detail}")
-        for alert, d in jobs:
+        for d in deliveries:
             recorded = await self._store.finish_attempt(d.delivery_id, AttemptOutcome.FAILED, now, error=detail)
             if recorded is None:
                 continue  # its outcome was recorded before the error, or the alert closed meanwhile
             self._metrics.deliveries.labels(d.channel, "unexpected").inc()
             self._in_flight.discard(d.delivery_id)
-            await self._on_failure(alert.alert_id)
+        self._poke.set()  # the store made their alerts due now: the scheduler plans the failover or the retry
 
     async def _send(self, alert: AlertRecord, d: DeliveryRecord) -> None:
         if d.channel == "mqtt":
@@ -145,7 +146,7 @@ class Dispatcher:
             await self._jobs.run(
                 JobKind.DELIVERY, lambda: self._send_sms_batch(phone, items),
                 alert_id=",".join(i.alert.alert_id for i in items),
-                on_failure=lambda detail: self._failed([(i.alert, i.delivery) for i in items], detail),
+                on_failure=functools.partial(self._failed, [i.delivery for i in items]),
                 channel="sms",
             )
         finally:
@@ -182,7 +183,7 @@ class Dispatcher:
                 self._render.sms(item.alert)
             except Exception as exc:  # noqa: BLE001 - counted and recorded by jobs.failed, the delivery failed
                 detail = self._jobs.failed(JobKind.DELIVERY, exc, alert_id=item.alert.alert_id, channel="sms")
-                await self._failed([(item.alert, item.delivery)], detail)
+                await self._failed([item.delivery], detail)
                 continue
             ok.append(item)
         return ok
@@ -217,4 +218,4 @@ class Dispatcher:
         log.warning("delivery failed", extra={"event": "delivery_failed", **ctx, "reason": reason,
                                               "detail": result.detail, "permanent": result.permanent})
         self._in_flight.discard(d.delivery_id)
-        await self._on_failure(alert.alert_id)  # failover at once, or a retry later
+        self._poke.set()  # the store made the alert due now: the scheduler plans the failover or the retry

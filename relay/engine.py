@@ -73,6 +73,7 @@ class Engine:
         backups: Sequence[Channel] = (),
         dispatcher: Dispatcher,
         jobs: Jobs,
+        poke: asyncio.Event,
     ) -> None:
         self._store = store
         self._jobs = jobs
@@ -86,7 +87,7 @@ class Engine:
         self._primary = primary
         self._backups = list(backups)
         self._dispatcher = dispatcher
-        self._poke = asyncio.Event()
+        self._poke = poke  # set by whoever stored an earlier due time (a failed send): the scheduler looks again
         self._wake_at = math.inf  # when the scheduler will look next, unless poked
         self._primary_back = True  # at start, look for deliveries a previous run left unsent
         self._recover_sending = True  # at start, resend what a previous run marked as being sent
@@ -119,11 +120,7 @@ class Engine:
             deliveries=deliveries,
         )
         first = escalation.plan(alert, self._policy, now, primary_up=self._primary.health.is_up)
-        schedule = first.schedule
-        if any(isinstance(a, SendBackups) for a in first.actions):
-            # flash, or the primary is down: the backup round is due now, and runs (with its own outbox commit)
-            # from the scheduler. A crash in between leaves it due, not lost.
-            schedule = Schedule(now, alert.backup_rounds, alert.last_backup_at)
+        schedule = escalation.schedule_at_accept(first, alert)
         alert = replace(
             alert,
             next_action_at=schedule.next_action_at,
@@ -268,14 +265,9 @@ class Engine:
     # ---- running -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """The scheduler, until cancelled (the daemon runs the dispatcher beside it)."""
         self.open_alerts = await self._store.count_open()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._dispatcher.run())
-            tg.create_task(self._scheduler())
-
-    async def drain(self, within_s: float) -> bool:
-        """Wait until every send handed over finished, at most `within_s` seconds; False if some did not."""
-        return await self._dispatcher.drain(within_s)
+        await self._scheduler()
 
     def _on_channel_health(self, change: HealthChange) -> None:
         up = change.state is not HealthState.DOWN
@@ -351,12 +343,6 @@ class Engine:
         await self._store.save_schedule(alert.alert_id, later)
         await self._store.add_event(EventRecord(alert.alert_id, now, "job_failed", {"job": "escalation step",
                                                                                     "error": detail}))
-
-    async def replan(self, alert_id: str) -> None:
-        """Look at one alert again now (a send failed: fail over, or retry later)."""
-        alert = await self._store.get_alert(alert_id)
-        if alert is not None:
-            await self._step(alert)
 
     async def _follow_plan(self, alert: AlertRecord) -> bool:
         now = self._clock.now()

@@ -119,3 +119,12 @@ def _retry_at(d: DeliveryRecord, policy: Policy) -> float:
     if d.attempts == 0 or d.attempted_at is None:
         return -math.inf
     return d.attempted_at + policy.retry_s
+
+
+def schedule_at_accept(first: Plan, alert: AlertRecord) -> Schedule:
+    """The schedule stored with a new alert. A backup round the plan wants at once (flash, the primary down) is
+    not done by the intake: the scheduler does it, with its own outbox commit, so the alert is stored due now with
+    no round counted yet; a crash in between leaves the round due, not lost."""
+    if any(isinstance(a, SendBackups) for a in first.actions):
+        return Schedule(alert.created_at, alert.backup_rounds, alert.last_backup_at)
+    return first.schedule

@@ -63,6 +63,11 @@ def attempt_finished(
     return _to(d, _D.CANCELLED, error=error)
 
 
+def replan_now(d: DeliveryRecord) -> bool:
+    """A send that failed (for now or for good) makes its alert due at once: fail over, or retry later."""
+    return d.state in (_D.QUEUED, _D.FAILED)
+
+
 # A receipt proves the message got there, even where our own record of sending it was lost (a publish that timed
 # out here but reached the broker after all): walk the rest of the way forward.
 _PATH_TO_DELIVERED: Mapping[DeliveryState, tuple[DeliveryState, ...]] = {

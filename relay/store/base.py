@@ -155,7 +155,8 @@ class Store(Protocol):
     async def finish_attempt(
         self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None
     ) -> DeliveryRecord | None:
-        """Record how a send went; None when the delivery was cancelled or is unknown."""
+        """Record how a send went; None when the delivery was cancelled or is unknown. A failed send makes its
+        open alert due now, in the same commit (the scheduler decides what follows)."""
         ...
 
     async def start_attempt(self, delivery_id: str, at: float) -> DeliveryRecord | None:

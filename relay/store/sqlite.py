@@ -570,7 +570,15 @@ def _op_finish_attempt(
     if found is None:
         return None
     changed = transitions.attempt_finished(*found, outcome, at, error)
-    return None if changed is None else _update_delivery(conn, changed, at)
+    if changed is None:
+        return None
+    if transitions.replan_now(changed):  # in the same commit: a crash cannot lose the failover
+        conn.execute(
+            f"UPDATE alerts SET next_action_at = ? WHERE alert_id = ? AND state IN {_OPEN_SQL} "  # noqa: S608
+            "AND (next_action_at IS NULL OR next_action_at > ?)",
+            (at, changed.alert_id, at),
+        )
+    return _update_delivery(conn, changed, at)
 
 
 def _op_mark_delivered(
