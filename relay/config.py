@@ -127,7 +127,7 @@ class SmsSection(Section):
     from_number: str = ""
     api_base_url: str = "https://api.twilio.com"
     validity_period_s: int | None = Field(None, ge=1, le=36000)  # default: escalation.repeat_s
-    bundle_window_s: float = Field(2.0, ge=0, le=60)
+    bundle_window_s: float = Field(0.5, ge=0, le=60)
     timeout_s: float = Field(10.0, gt=0, le=60)
 
     @model_validator(mode="after")

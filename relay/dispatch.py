@@ -10,6 +10,7 @@ and nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -65,6 +66,10 @@ class Dispatcher:
         self._queues: dict[str, asyncio.Queue[_Job]] = {name: asyncio.Queue() for name in WORKERS}
         self._in_flight: set[str] = set()  # delivery ids queued here or being sent
         self._bundler = SmsBundler(sms_bundle_window_s, self._send_sms, clock)
+
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        """Sends submitted inside leave together when it ends (one SMS bundle per phone for a scheduler pass)."""
+        return self._bundler.together()
 
     def submit(self, alert: AlertRecord, deliveries: list[DeliveryRecord]) -> None:
         for d in deliveries:

@@ -287,7 +287,8 @@ class Engine:
             self._poke.clear()
             self._wake_at = math.inf  # while it runs, any newly stored due time pokes it again
             try:
-                all_done = await self._run_due()
+                with self._dispatcher.together():  # what falls due in one pass leaves in one go
+                    all_done = await self._run_due()
                 next_at = await self._store.next_due_at()
                 if not all_done:  # a step that failed is not tried again in a tight loop
                     next_at = max(next_at or 0.0, self._clock.now() + SCHEDULER_PAUSE_S)

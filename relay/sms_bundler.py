@@ -1,14 +1,18 @@
-"""SMS to one phone under a surge: the first goes at once, what follows within the window goes as one bundle.
+"""SMS to one phone under a surge: what falls due together leaves together, at once, as one bundle; what follows
+within the window waits for the window's end (at most `window_s`) and goes as the next bundle.
 
 Carriers throttle a flood of SMS to one number, and a dispatcher reads one bundle (each alert with its code)
-faster than ten messages arriving out of order.
+faster than ten messages arriving out of order. But a bundle must never hold a warning back: alerts due in one
+scheduler pass (after a restart, twenty at once) go in one bundle the moment the pass ends, not one now and the
+rest a window later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from relay.clock import Clock, sleep_until_or
@@ -42,19 +46,41 @@ class SmsBundler:
         self._items = 0  # added and not yet sent
         self._idle = asyncio.Event()
         self._idle.set()
+        self._holds = 0  # open `together()` blocks: what they add waits for the last one to close
 
     def add(self, item: SmsItem) -> None:
         self._items += 1
         self._idle.clear()
-        phone = item.delivery.target
-        state = self._phones.setdefault(phone, _Phone())
-        now = self._clock.now()
-        if not state.pending and now >= state.last_sent + self._window:
-            state.last_sent = now
-            self._ready.put_nowait((phone, [item]))
-        else:
-            state.pending.append(item)
+        self._phones.setdefault(item.delivery.target, _Phone()).pending.append(item)
+        if not self._holds:
+            self._flush(self._clock.now())
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """What is added inside goes out when the block ends, one bundle per phone (a scheduler pass)."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds:
+                self._flush(self._clock.now())
+
+    def _flush(self, now: float) -> float:
+        """Hands on each phone's collected SMS whose window is over; returns when the next window ends."""
+        next_at = math.inf
+        for phone, state in self._phones.items():
+            if not state.pending:
+                continue
+            due = state.last_sent + self._window
+            if due <= now:
+                items, state.pending, state.last_sent = state.pending, [], now
+                self._ready.put_nowait((phone, items))
+            else:
+                next_at = min(next_at, due)
+        if next_at < math.inf:
             self._changed.set()
+        return next_at
 
     async def idle(self) -> None:
         """Returns once everything added has been sent (or failed)."""
@@ -83,15 +109,6 @@ class SmsBundler:
         """Hands each phone's collected SMS on when its window ends."""
         while True:
             self._changed.clear()
-            now = self._clock.now()
-            next_at = math.inf
-            for phone, state in self._phones.items():
-                if not state.pending:
-                    continue
-                due = state.last_sent + self._window
-                if due <= now:
-                    items, state.pending, state.last_sent = state.pending, [], now
-                    self._ready.put_nowait((phone, items))
-                else:
-                    next_at = min(next_at, due)
+            next_at = math.inf if self._holds else self._flush(self._clock.now())
+            self._changed.clear()  # _flush set it for the wait below, which this loop does itself
             await sleep_until_or(self._clock, next_at, self._changed)
