@@ -6,7 +6,7 @@ import enum
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from relay.config import DeskConfig, EngineerConfig, OperatorConfig
@@ -63,3 +63,13 @@ class Authenticator:
             if hmac.compare_digest(digest, known):
                 found = principal
         return found
+
+
+def may_see(principal: Principal, operator_id: str, desks: Collection[str]) -> bool:
+    """The one read rule (alerts, their events, their history): an operator sees its own reports, a desk what
+    was sent to it, an engineer everything."""
+    if principal.role is Role.OPERATOR:
+        return operator_id == principal.id
+    if principal.role is Role.ENGINEER:
+        return True
+    return principal.id in desks

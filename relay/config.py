@@ -26,12 +26,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from relay.contacts import Email, check_email, check_phone
 from relay.render import check_template
 
 # Ids become MQTT topic levels and URL parts: no '/', '+', '#', spaces.
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
 
 
 class Section(BaseModel):
@@ -150,7 +149,7 @@ class EmailSection(Section):
     starttls: bool = False
     username: str = ""
     password: SecretStr = SecretStr("")
-    from_address: str = Field("uav-relay@localhost", pattern=EMAIL_PATTERN)
+    from_address: Email = "uav-relay@localhost"
     tls: bool = False  # implicit TLS (port 465); starttls upgrades a plain connection instead
     ca_file: Path | None = None
     timeout_s: float = Field(10.0, gt=0, le=120)
@@ -167,8 +166,18 @@ class CanarySection(Section):
     it is needed. Off with interval_s = 0."""
 
     interval_s: float = Field(0, ge=0)
-    sms_to: str = Field("", pattern=r"^(\+[1-9][0-9]{6,14})?$")
-    email_to: str = Field("", pattern=r"^([^@\s]{1,64}@[^@\s]{1,255})?$")
+    sms_to: str = ""  # empty: no SMS canary
+    email_to: str = ""
+
+    @field_validator("sms_to")
+    @classmethod
+    def _phone(cls, v: str) -> str:
+        return v and check_phone(v)
+
+    @field_validator("email_to")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        return v and check_email(v)
 
     @model_validator(mode="after")
     def _targets(self) -> Self:
@@ -261,16 +270,14 @@ class DeskConfig(HasToken):
     @classmethod
     def _e164(cls, v: list[str]) -> list[str]:
         for number in v:
-            if not re.match(E164_PATTERN, number):
-                raise ValueError(f"{number!r} is not an E.164 number (+ and 7..15 digits)")
+            check_phone(number)
         return v
 
     @field_validator("email")
     @classmethod
     def _emails(cls, v: list[str]) -> list[str]:
         for address in v:
-            if not re.match(EMAIL_PATTERN, address):
-                raise ValueError(f"{address!r} is not an e-mail address")
+            check_email(address)
         return v
 
 

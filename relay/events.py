@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from dataclasses import dataclass, field
-from typing import Any
 
-from relay.clock import to_datetime
 from relay.store.base import AckRecord, AlertRecord
 
 # A listener that falls this far behind loses its oldest events (counted), never blocks the engine.
@@ -31,26 +29,6 @@ class StateEvent:
             alert.alert_id, alert.report_id, alert.operator_id, alert.desks, alert.state.value, at,
             alert.short_code, alert.ack,
         )
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "alert_id": self.alert_id,
-            "report_id": self.report_id,
-            "operator_id": self.operator_id,
-            "state": self.state,
-            "at": to_datetime(self.at).isoformat(),
-            "short_code": self.short_code,
-            "desks": list(self.desks),
-        }
-        if self.ack is not None:
-            body["ack"] = {
-                "desk_id": self.ack.desk_id,
-                "channel": self.ack.channel,
-                "by": self.ack.by,
-                "at": to_datetime(self.ack.at).isoformat(),
-                "latency_s": round(self.ack.latency_s, 3),
-            }
-        return body
 
 
 @dataclass(eq=False)

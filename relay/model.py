@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from relay.contacts import Phone
 from relay.text import normalise
 
 MAX_FUTURE = timedelta(minutes=5)
@@ -107,7 +108,7 @@ class Location(_Strict):
 
 
 class Caller(_Strict):
-    phone: str | None = Field(None, pattern=r"^\+[1-9][0-9]{6,14}$")
+    phone: Phone | None = None
     name: Text | None = Field(None, max_length=100)
 
 
@@ -214,10 +215,13 @@ class AckRequest(_Strict):
 
 
 class EventView(BaseModel):
+    """One alert state change, as SSE `data:` and `uav/events/{operator_id}` carry it (`ack` only once acked)."""
+
     alert_id: str
     report_id: str
     operator_id: str
     state: str
     at: datetime
     short_code: str
+    desks: list[str]
     ack: AckView | None = None

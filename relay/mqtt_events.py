@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from channels.mqtt import MqttChannel
+from relay.api.views import event_json
 from relay.events import EventBus
 from relay.metrics import Metrics
 from relay.topics import Topics
@@ -29,7 +29,7 @@ class MqttEventPublisher:
                 if sub.dropped > reported_drops:
                     self._metrics.events_dropped.inc(sub.dropped - reported_drops)
                     reported_drops = sub.dropped
-                body = json.dumps(event.to_json(), ensure_ascii=False)
+                body = event_json(event)
                 # While the broker is away, events wait here (bounded backlog); each is tried until the
                 # broker takes it, since operators follow their reports by these.
                 while True:

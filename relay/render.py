@@ -18,29 +18,11 @@ from zoneinfo import ZoneInfo
 from relay.clock import to_datetime
 from relay.store.base import AlertRecord
 from relay.text import has_controls, normalise, single_line
+from relay.vocabulary import compass, label, marks, short, word
 
 # Cyrillic forces UCS-2: 70 characters in one SMS, 67 per segment once split. Two segments arrive together
 # on every handset and cost two messages; a third often arrives later or out of order.
 SMS_LIMIT = 134
-
-UAV_TYPES = {
-    "fixed_wing": "самолётного типа", "multirotor": "мультикоптер", "helicopter": "вертолётного типа",
-    "missile_like": "ракетоподобный", "unknown": "тип неизвестен",
-}
-UAV_TYPES_SHORT = {
-    "fixed_wing": "самол.", "multirotor": "коптер", "helicopter": "верт.", "missile_like": "ракетопод.",
-    "unknown": "тип?",
-}
-ALTITUDES = {"low": "низко", "medium": "средняя высота", "high": "высоко", "unknown": ""}
-MOVEMENTS = {"transit": "пролёт", "hovering": "зависает", "circling": "кружит", "erratic": "хаотично",
-             "unknown": ""}
-SPEEDS = {"slow": "медленно", "fast": "быстро", "unknown": ""}
-SOUNDS = {"piston": "звук мотора (мопед)", "electric": "жужжание", "jet": "реактивный гул", "none": "без звука",
-          "unknown": ""}
-PERCEPTIONS = {"seen": "видели", "heard": "слышали", "seen_and_heard": "видели и слышали", "unknown": ""}
-STATUS_MARKS = {"actual": "", "exercise": "УЧЕНИЯ! ", "test": "ТЕСТ! "}
-PRIORITY_MARKS = {"flash": "СРОЧНО! ", "immediate": "", "routine": ""}
-COMPASS = ["С", "СВ", "В", "ЮВ", "Ю", "ЮЗ", "З", "СЗ"]
 
 # The fields a template may use ({name}).
 FIELDS = (
@@ -103,20 +85,20 @@ class Renderer:
         loc = r.get("location", {})
         seen = self._local(r.get("observed_at"))
         heading = r.get("heading_deg")
-        alt = ALTITUDES.get(r.get("altitude", "unknown"), "")
+        alt = word("altitude", r.get("altitude", "unknown"))
         if r.get("altitude_m") is not None:
             alt = f"~{r['altitude_m']} м" if not alt else f"{alt} (~{r['altitude_m']} м)"
         return {
-            "mark": STATUS_MARKS.get(r.get("status", "actual"), "") + PRIORITY_MARKS.get(alert.priority, ""),
+            "mark": marks(r.get("status", "actual"), alert.priority),
             "time": seen.strftime("%H:%M") if seen else "",
             "date": seen.strftime("%d.%m.%Y") if seen else "",
             "place": place(loc),
-            "type": UAV_TYPES.get(r.get("uav_type", "unknown"), ""),
-            "type_short": UAV_TYPES_SHORT.get(r.get("uav_type", "unknown"), ""),
+            "type": word("uav_type", r.get("uav_type", "unknown"), unknown="тип неизвестен"),
+            "type_short": short("uav_type", r.get("uav_type", "unknown")),
             "count": str(r.get("count", 1)),
-            "heading": f", курс {COMPASS[round(heading / 45) % 8]}" if heading is not None else "",
+            "heading": f", курс {compass(heading)}" if heading is not None else "",
             "altitude": f", {alt}" if alt else "",
-            "movement": MOVEMENTS.get(r.get("movement", "unknown"), ""),
+            "movement": word("movement", r.get("movement", "unknown")),
             "code": alert.short_code,
             "report_id": alert.report_id,
             "alert_id": alert.alert_id,
@@ -209,23 +191,23 @@ class Renderer:
         r, f = alert.report, self.fields(alert)
         loc = r.get("location", {})
         lines = [
-            ("Время наблюдения", f"{f['date']} {f['time']}".strip()),
-            ("Место", f["place"]),
-            ("Координаты", f"{f['lat']}, {f['lon']}" + (f" (±{loc['accuracy_m']:g} м)" if loc.get("accuracy_m")
-                                                       else "")),
-            ("Адрес", f["address"]),
-            ("Тип", f["type"]),
-            ("Количество", f["count"]),
-            ("Курс (куда летит)", f"{r['heading_deg']}° ({COMPASS[round(r['heading_deg'] / 45) % 8]})"
+            (label("observed"), f"{f['date']} {f['time']}".strip()),
+            (label("place"), f["place"]),
+            (label("coords"), f"{f['lat']}, {f['lon']}" + (f" (±{loc['accuracy_m']:g} м)" if loc.get("accuracy_m")
+                                                          else "")),
+            (label("address"), f["address"]),
+            (label("type"), f["type"]),
+            (label("count"), f["count"]),
+            (label("heading"), f"{r['heading_deg']}° ({compass(r['heading_deg'])})"
              if r.get("heading_deg") is not None else ""),
-            ("Пеленг от наблюдателя", f"{r['bearing_deg']}°" if r.get("bearing_deg") is not None else ""),
-            ("Движение", f["movement"]),
-            ("Высота", f["altitude"].removeprefix(", ")),
-            ("Скорость", SPEEDS.get(r.get("speed", "unknown"), "")),
-            ("Звук", SOUNDS.get(r.get("sound", "unknown"), "")),
-            ("Как обнаружен", PERCEPTIONS.get(r.get("perception", "unknown"), "")),
-            ("Примечания", f["notes"]),
-            ("Внимание", f["stale"]),
+            (label("bearing"), f"{r['bearing_deg']}°" if r.get("bearing_deg") is not None else ""),
+            (label("movement"), f["movement"]),
+            (label("altitude"), f["altitude"].removeprefix(", ")),
+            (label("speed"), word("speed", r.get("speed", "unknown"))),
+            (label("sound"), word("sound", r.get("sound", "unknown"))),
+            (label("perception"), word("perception", r.get("perception", "unknown"))),
+            (label("notes"), f["notes"]),
+            (label("attention"), f["stale"]),
         ]
         return [(k, v) for k, v in lines if v]
 

@@ -44,3 +44,30 @@ async def test_openapi_document_describes_the_report_schema_and_every_route(rela
 
     missing = {r for r in refs(doc) if r.split("/")[-1] not in doc["components"]["schemas"]}
     assert missing == set()
+
+
+async def test_the_events_sent_are_what_the_openapi_document_says(relay: RunningRelay) -> None:
+    import asyncio
+    import json
+
+    from tests.support.relay import DESK_TOKEN, OPERATOR_TOKEN, report
+
+    status, doc = await relay.get("/api/v1/openapi.json", token=None)
+    assert status == 200
+    schema = doc["components"]["schemas"]["EventView"]
+    ack_schema = doc["components"]["schemas"]["AckView"]
+    async with relay.http.get(f"{relay.url}/api/v1/events",
+                              headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as sse:
+        _, accepted = await relay.post_report(report("r-openapi"))
+        await relay.ack(accepted["alert_id"], DESK_TOKEN)
+        seen: list[dict[str, object]] = []
+        async with asyncio.timeout(5):
+            while len(seen) < 2:
+                line = (await sse.content.readline()).decode().strip()
+                if line.startswith("data:"):
+                    seen.append(json.loads(line.removeprefix("data:")))
+    for event in seen:
+        assert set(schema["required"]) <= set(event) <= set(schema["properties"]), (event, schema)
+    acked = seen[-1]["ack"]
+    assert isinstance(acked, dict) and set(ack_schema["required"]) <= set(acked) <= set(ack_schema["properties"])
+    assert seen[0]["desks"] == accepted["desks"]

@@ -7,7 +7,7 @@ from aiohttp import web
 from relay.api.context import ApiContext
 from relay.api.errors import ApiError
 from relay.api.failures import guard_of
-from relay.auth import Principal, Role
+from relay.auth import Principal, Role, may_see
 from relay.store.base import AlertRecord
 
 # Longer than any token anyone was given: refused without hashing it.
@@ -35,11 +35,7 @@ def authenticate(request: web.Request, ctx: ApiContext, *roles: Role) -> Princip
 
 
 def may_read(principal: Principal, alert: AlertRecord) -> bool:
-    if principal.role is Role.OPERATOR:
-        return alert.operator_id == principal.id
-    if principal.role is Role.ENGINEER:
-        return True
-    return principal.id in alert.desks
+    return may_see(principal, alert.operator_id, alert.desks)
 
 
 def check_read(principal: Principal, alert: AlertRecord) -> None:

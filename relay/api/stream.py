@@ -8,7 +8,6 @@ the connections every console needs.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from typing import Any
 
@@ -19,8 +18,8 @@ from relay.api.access import authenticate
 from relay.api.connections import closed_event
 from relay.api.context import CONTEXT
 from relay.api.errors import ApiError
-from relay.auth import Principal, Role
-from relay.events import StateEvent
+from relay.api.views import event_json
+from relay.auth import Principal, may_see
 
 
 class StreamSlots:
@@ -43,14 +42,6 @@ class StreamSlots:
 
 
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
-
-
-def _visible(principal: Principal, event: StateEvent) -> bool:
-    if principal.role is Role.OPERATOR:
-        return event.operator_id == principal.id
-    if principal.role is Role.ENGINEER:
-        return True
-    return principal.id in event.desks
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -87,8 +78,8 @@ async def _stream(request: web.Request, principal: Principal) -> web.StreamRespo
                         nxt.cancel()
                         break
                     event = nxt.result()
-                    if _visible(principal, event):
-                        await resp.send(json.dumps(event.to_json(), ensure_ascii=False), event="alert")
+                    if may_see(principal, event.operator_id, event.desks):
+                        await resp.send(event_json(event), event="alert")
             except ConnectionResetError:
                 pass  # the client went away mid-send
             finally:

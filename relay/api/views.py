@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from relay.clock import to_datetime
-from relay.model import AcceptedView, AckView, AlertView, DeliveryView, Priority
+from relay.events import StateEvent
+from relay.model import AcceptedView, AckView, AlertView, DeliveryView, EventView, Priority
 from relay.states import DeliveryState
 from relay.store.base import AckRecord, AlertRecord, DeliveryRecord
 
@@ -55,3 +56,11 @@ def accepted_view(a: AlertRecord, public_url: str) -> AcceptedView:
         status_url=f"{public_url}/api/v1/alerts/{a.alert_id}",
         desks=list(a.desks),
     )
+
+
+def event_json(e: StateEvent) -> str:
+    """An event serialised through its API model: what the OpenAPI document says is what is sent."""
+    return EventView(
+        alert_id=e.alert_id, report_id=e.report_id, operator_id=e.operator_id, state=e.state, at=to_datetime(e.at),
+        short_code=e.short_code, desks=list(e.desks), ack=ack_view(e.ack) if e.ack is not None else None,
+    ).model_dump_json(exclude_none=True)
