@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import peer
 from bench.env import REPO, World, fs_type, mosquitto_version, rss_mb
 from bench.meters import HostMeter, cpu_probe_ms
 from bench.report import render, to_json
@@ -30,14 +31,18 @@ def parse(argv: Sequence[str] | None) -> Plan:
     p.add_argument("--open", type=int, default=10000, help="open alerts when the relay's RSS is read (10000)")
     p.add_argument("--floor", type=int, default=1000, help="samples per floor measurement (1000)")
     p.add_argument("--quick", action="store_true", help="smoke run: 100 sequential, 100 burst, 1000 open")
+    p.add_argument("--no-peer", action="store_true",
+                   help="do not measure the peer (Alertmanager relaying an alert to a webhook)")
     p.add_argument("--profile", metavar="FILE",
                    help="also sample the relay with py-spy (--gil) into FILE; see bench/profile_summary.py")
     a = p.parse_args(argv)
     if min(a.sequential, a.burst, a.floor) < 1 or a.open < 0:
         p.error("counts must be positive")
     if a.quick:
-        return Plan(warmup=10, sequential=100, burst=100, open=1000, floor=100, profile=a.profile)
-    return Plan(warmup=50, sequential=a.sequential, burst=a.burst, open=a.open, floor=a.floor, profile=a.profile)
+        return Plan(warmup=10, sequential=100, burst=100, open=1000, floor=100, profile=a.profile,
+                    peer=not a.no_peer)
+    return Plan(warmup=50, sequential=a.sequential, burst=a.burst, open=a.open, floor=a.floor, profile=a.profile,
+                peer=not a.no_peer)
 
 
 def relay_version() -> str:
@@ -62,7 +67,7 @@ def machine() -> dict[str, Any]:
             "cores": os.cpu_count(), "python": platform.python_version(), "mosquitto": mosquitto_version(),
             "kernel": platform.release(), "store_fs": fs_type(REPO / "var"),
             "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]), "relay_commit": relay_version(),
-            "cpu_probe_ms": cpu_probe_ms()}
+            "cpu_probe_ms": cpu_probe_ms(), "alertmanager": peer.version()}
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench import scenarios, table
+from bench.peer import PeerSequential
 from bench.run import ISOLATION_GAP_S, Plan
 from bench.stats import Summary
 
@@ -43,6 +44,124 @@ def targets(r: dict[str, Any], plan: Plan) -> dict[str, bool | None]:
     }
 
 
+def _num(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else round(a / b, 3)
+
+
+def _all(*oks: bool | None) -> bool | None:
+    """FAIL if any known part fails; n/a if a part cannot be judged (no peer); PASS otherwise."""
+    if any(ok is False for ok in oks):
+        return False
+    return None if any(ok is None for ok in oks) else True
+
+
+def _le(x: float | None, limit: float) -> bool | None:
+    return None if x is None else x <= limit
+
+
+def peer_measured(r: dict[str, Any]) -> dict[str, Any] | None:
+    p = r.get("peer") or {}
+    return p if p.get("status") == "measured" else None
+
+
+def comparisons(r: dict[str, Any], plan: Plan) -> dict[str, dict[str, Any]]:
+    """Each of our figures, its floor (measured in the same run) and the peer's (Alertmanager, same run),
+    the two ratios and the issue's target for it (issue 13, item 8)."""
+    seq: scenarios.Sequential = r["sequential"]
+    cold: scenarios.Burst = r["burst_cold"]
+    p = peer_measured(r)
+    pseq = p["sequential"].end_to_end if p else None
+    open_now = r["open_alerts"] or 0
+    rows: dict[str, dict[str, Any]] = {
+        "sequential_p50_ms": {
+            "ours": _num(seq.end_to_end.p50_ms), "floor": _num(floor_sum_ms(r)),
+            "peer": _num(pseq.p50_ms) if pseq else None, "target": "<=1.3x floor, <=2.5x peer"},
+        "sequential_p99_ms": {
+            "ours": _num(seq.end_to_end.p99_ms),
+            "floor": _num(r["floor_http"].p99_ms + r["floor_fsync"].p99_ms + r["floor_mqtt"].p99_ms),
+            "peer": _num(pseq.p99_ms) if pseq else None, "target": "<=2x peer"},
+        "burst_cold_s": {
+            "ours": _num(cold.complete_s), "floor": _num(r["floor_http_burst_cold_s"]),
+            "peer": _num(p["burst_cold"]["complete_s"]) if p else None, "target": "<=1.5x client floor"},
+        "cpu_per_sequential_report_ms": {
+            "ours": _num(r["cpu_sequential_ms"]["relay"]), "floor": _num(r["cpu_floor_http_ms"]["floor_server"]),
+            "peer": _num(p["cpu_sequential_ms"]) if p else None, "target": "<=0.7 ms"},
+        "rss_open_mb": {
+            "ours": _num(r["rss_open_mb"]), "floor": None,
+            "peer": _num(p["rss_open_mb"]) if p else None,
+            "target": "<100 MB" if open_now >= 10000 else "(<100 MB at 10000)"},
+    }
+    for row in rows.values():
+        row["x_floor"] = _ratio(row["ours"], row["floor"])
+        row["x_peer"] = _ratio(row["ours"], row["peer"])
+    a, b, c, d, e = rows.values()
+    a["ok"] = _all(_le(a["x_floor"], 1.3), _le(a["x_peer"], 2.5))
+    b["ok"] = _le(b["x_peer"], 2.0)
+    c["ok"] = _le(c["x_floor"], 1.5)
+    d["ok"] = _le(d["ours"], 0.7)
+    e["ok"] = None if open_now < 10000 or e["ours"] is None else e["ours"] < 100
+    return rows
+
+
+def _compare_lines(r: dict[str, Any], plan: Plan) -> list[str]:
+    rows = comparisons(r, plan)
+    p = peer_measured(r)
+    status = (r.get("peer") or {}).get("status", "not measured")
+    title = (f"against the floor and the peer (Alertmanager {p['version']}, POST /api/v2/alerts -> webhook)" if p
+             else f"against the floor and the peer (Alertmanager: {status})")
+
+    def fmt(key: str, v: float | None) -> str:
+        if v is None:
+            return "n/a"
+        if key.endswith("_s"):
+            return f"{v:.3f} s"
+        if key.endswith("_mb"):
+            return f"{v:.1f} MB"
+        return table.ms(v)
+
+    names = {
+        "sequential_p50_ms": "POST -> delivered, sequential p50",
+        "sequential_p99_ms": "POST -> delivered, sequential p99",
+        "burst_cold_s": f"{plan.burst} at once (cold) -> all delivered",
+        "cpu_per_sequential_report_ms": "CPU per sequential report",
+        "rss_open_mb": f"RSS with {r['open_alerts'] or 0:.0f} open alerts",
+    }
+    out = [title, table.compare_header(), table.rule()]
+    for key, row in rows.items():
+        floor = fmt(key, row["floor"]) if key != "rss_open_mb" else "-"
+        out.append(table.compare_row(names[key], fmt(key, row["ours"]), floor, row["x_floor"],
+                                     fmt(key, row["peer"]), row["x_peer"], row["target"], row["ok"]))
+    out += ["floor: p50 = HTTP + fsync + MQTT p50s; p99 = the sum of their p99s; burst = the same client's "
+            f"{plan.burst} POSTs",
+            "  at once to the trivial server (cold); CPU = the trivial server's per request. The peer: the same "
+            "counts, run after",
+            "  the relay's phases; CPU = Alertmanager's process per alert (bench/README.md, \"The peer\")"]
+    if p:
+        ps = p["sequential"]
+        pb = p["burst_cold"]
+        out += [
+            table.rule(),
+            table.latency_row(f"peer: POST -> webhook (sequential, n={ps.end_to_end.n})", ps.end_to_end),
+            table.latency_row("peer: POST -> 200 answer (same posts)", ps.post_200),
+            table.latency_row("peer: 200 answer -> webhook (same posts)", ps.answer_to_hook),
+            table.value_row("peer: webhook had it before the client had the 200",
+                            f"{ps.hook_first} of {ps.end_to_end.n}"),
+            table.value_row(f"peer: {pb['n']} at once -> webhook has all",
+                            "incomplete" if pb["complete_s"] is None
+                            else f"{pb['complete_s']:.3f} s, {pb['reports_per_s']:.0f} alerts/s"),
+            table.value_row("peer: CPU ms per alert, sequential / burst",
+                            f"{p['cpu_sequential_ms']:.2f} / {p['cpu_burst_cold_ms']:.2f}"),
+            table.value_row(f"peer: RSS at start / with {p['open_alerts'] or 0:.0f} open alerts",
+                            f"{p['rss_start_mb']:.1f} / {p['rss_open_mb']:.1f} MB"),
+            table.value_row("peer: lost / non-200 / duplicates", f"{p['lost']} / {p['non_200']} / {p['duplicates']}"),
+        ]
+    return out
+
+
 def render(m: dict[str, Any], r: dict[str, Any], plan: Plan) -> list[str]:
     seq: scenarios.Sequential = r["sequential"]
     iso: scenarios.Sequential = r["isolated"]
@@ -55,7 +174,8 @@ def render(m: dict[str, Any], r: dict[str, Any], plan: Plan) -> list[str]:
     lat, val = table.latency_row, table.value_row
     return [
         f"uav-relay benchmark — {m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
-        f"mosquitto {m['mosquitto']}, store on {m['store_fs']}; relay at {m['relay_commit']}",
+        f"mosquitto {m['mosquitto']}, Alertmanager {m.get('alertmanager', '?')}, store on {m['store_fs']}; "
+        f"relay at {m['relay_commit']}",
         table.header(),
         table.rule(),
         lat(f"HTTP POST -> console (sequential, n={n})", seq.end_to_end, "p50<1.5ms p99<5ms",
@@ -96,6 +216,8 @@ def render(m: dict[str, Any], r: dict[str, Any], plan: Plan) -> list[str]:
             "<100 MB" if ok["rss_lt_100mb_at_10000_open"] is not None else "(<100 MB at 10000)",
             ok["rss_lt_100mb_at_10000_open"]),
         val("relay peak RSS (VmHWM)", f"{r['hwm_mb']:.1f} MB"),
+        table.rule(),
+        *_compare_lines(r, plan),
         "",
         f"isolated = {ISOLATION_GAP_S * 1000:.0f} ms idle before each report; warm = the burst's {nb} connections "
         "opened (GET) before the clock starts",
@@ -116,4 +238,10 @@ def to_json(m: dict[str, Any], r: dict[str, Any], plan: Plan, relay: dict[str, A
     f = floor_sum_ms(r)
     out["floor_sum_p50_ms"] = None if math.isnan(f) else round(f, 4)
     out["targets"] = targets(r, plan)
+    out["comparisons"] = comparisons(r, plan)
+    for key, row in out["comparisons"].items():
+        out["targets"][f"issue13_{key}"] = row["ok"]
+    p = r.get("peer")
+    if isinstance(p, dict) and isinstance(p.get("sequential"), PeerSequential):
+        out["peer"] = {**p, "sequential": p["sequential"].as_dict()}
     return out

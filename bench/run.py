@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import floors, scenarios
+from bench import floors, peer, scenarios
 from bench.console import Receiver
 from bench.env import ALERT_TOPIC, World, rss_mb
 from bench.meters import CpuMeter
@@ -25,6 +25,7 @@ class Plan:
     open: int
     floor: int
     profile: str | None = None
+    peer: bool = True  # also measure Alertmanager (bench/peer.py), where it is installed
 
     @property
     def isolated(self) -> int:
@@ -119,4 +120,25 @@ async def measure(world: World, plan: Plan) -> dict[str, Any]:
         out["non_201"] = sum(p.non_201 for p in phases)
         out["duplicates"] = console.duplicates
         out["alerts_received"] = len(console.received)
+    out["peer"] = await measure_peer(world, plan)
     return out
+
+
+async def measure_peer(world: World, plan: Plan) -> dict[str, Any]:
+    """Alertmanager with the same counts, after the relay's phases (the relay then holds its alerts, idle).
+
+    Never fails the run: a missing binary or an error leaves the peer's columns "n/a"."""
+    if not plan.peer:
+        return {"status": "skipped (--no-peer)"}
+    if peer.binary() is None:
+        return {"status": "not installed (apt-get install prometheus-alertmanager)"}
+    workdir = world.workdir / "peer"
+    workdir.mkdir()
+    try:
+        result = await peer.measure(workdir, plan.warmup, plan.sequential, plan.burst, plan.open,
+                                    procs=world.procs, say=say)
+    except Exception as exc:
+        say(f"peer failed: {type(exc).__name__}: {exc}")
+        return {"status": f"failed: {type(exc).__name__}: {exc}"}
+    result["status"] = "measured"
+    return result

@@ -35,3 +35,30 @@ def value_row(name: str, value: str, target: str = "", ok: bool | None = None) -
 
 def rule() -> str:
     return "-" * (NAME_W + COL_W * 4 + 3 + TARGET_W + 3)
+
+
+# the comparison block: each of our figures beside its floor and the peer's, as ratios
+CMP_NAME_W = 40
+CMP_W = 10
+RATIO_W = 8
+CMP_TARGET_W = 27
+
+
+def pass_fail(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def compare_header() -> str:
+    cols = (f"{'ours':>{CMP_W}}{'floor':>{CMP_W}}{'/floor':>{RATIO_W}}{'peer':>{CMP_W}}{'/peer':>{RATIO_W}}")
+    return f"{'figure':<{CMP_NAME_W}}{cols}   {'target':<{CMP_TARGET_W}}ok"
+
+
+def compare_row(name: str, ours: str, floor: str, x_floor: float | None, peer: str, x_peer: float | None,
+                target: str, ok: bool | None) -> str:
+    x_f = "-" if floor == "-" else ratio(x_floor)
+    return (f"{name:<{CMP_NAME_W}}{ours:>{CMP_W}}{floor:>{CMP_W}}{x_f:>{RATIO_W}}{peer:>{CMP_W}}"
+            f"{ratio(x_peer):>{RATIO_W}}   {target:<{CMP_TARGET_W}}{pass_fail(ok)}")
