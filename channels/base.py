@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,10 +111,16 @@ class ChannelHealth:
 
     channel: str
     state: HealthState = HealthState.DOWN
-    since: float = field(default_factory=time.time)
+    since: float = field(init=False)
     detail: str = "not connected yet"
+    # Seconds since the epoch. The relay's clock when it has one, so `since` agrees with the times the relay
+    # stores and a test's fake clock governs it too; a channel cannot import the relay's Clock, only a callable.
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False, kw_only=True)
     _listeners: list[Callable[[HealthChange], None]] = field(default_factory=list, repr=False)
     _up: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.since = self.clock()
 
     @property
     def is_up(self) -> bool:
@@ -124,7 +130,7 @@ class ChannelHealth:
     def set(self, state: HealthState, detail: str = "") -> None:
         if state is self.state:
             return
-        self.state, self.since, self.detail = state, time.time(), detail
+        self.state, self.since, self.detail = state, self.clock(), detail
         if state is not HealthState.DOWN:
             self._up.set()
         else:
@@ -138,3 +144,56 @@ class ChannelHealth:
 
     async def wait_up(self) -> None:
         await self._up.wait()
+
+
+# ---- what providers call back: webhooks ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCall:
+    """An HTTP call a provider made to the relay (a reply, a receipt), as the relay's HTTP edge took it in."""
+
+    hook: str  # which of the receiver's webhooks was called, e.g. "sms" or "status"
+    url: str  # the public URL the provider called: what it signed
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    form: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAnswer:
+    status: int
+    body: str = ""
+    content_type: str = "text/plain"
+
+
+class Unauthenticated(Exception):
+    """The call did not come from the provider (no signature, or a wrong one); the message says which."""
+
+
+class ReplySink(Protocol):
+    """What the relay does with what providers tell it (the relay implements it; a channel only calls it)."""
+
+    async def on_reply(self, channel: str, sender: str, text: str, message_id: str) -> str | None:
+        """A person's free-text reply (an SMS); returns the text to answer with, or None for no answer."""
+        ...
+
+    async def on_receipt(self, channel: str, keys: Sequence[str], delivered: bool | None, status: str,
+                         error: str | None) -> None:
+        """The provider's word on the messages sent with these `Outgoing.key`s: delivered (True), never will be
+        (False), or not final yet (None); `status` is the provider's own word for it."""
+        ...
+
+
+class Receiver(Protocol):
+    """A channel's side of its provider's webhooks: authentication, parsing and the answer's format."""
+
+    hooks: frozenset[str]
+
+    def precheck(self, call_headers: Mapping[str, str]) -> None:
+        """Raise Unauthenticated before the body is read if the headers alone show the call is not genuine."""
+        ...
+
+    async def receive(self, call: WebhookCall, sink: ReplySink) -> WebhookAnswer:
+        """Check, parse, hand over to the sink, answer; Unauthenticated if the call is not the provider's."""
+        ...

@@ -9,14 +9,25 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 
-from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
+from channels.base import (
+    ChannelHealth,
+    FailureReason,
+    HealthState,
+    Outgoing,
+    ReplySink,
+    SendResult,
+    Unauthenticated,
+    WebhookAnswer,
+    WebhookCall,
+)
 from channels.breaker import CircuitBreaker
 from channels.retry import Transient, with_retries
 
@@ -62,11 +73,12 @@ class _Refused(Exception):
 class TwilioSmsChannel:
     name = "sms"
 
-    def __init__(self, settings: TwilioSettings) -> None:
+    def __init__(self, settings: TwilioSettings, clock: Callable[[], float] | None = None) -> None:
+        """`clock`: the relay's (seconds since the epoch), so health times agree with what it stores."""
         self._cfg = settings
-        self.health = ChannelHealth(self.name)
+        self.health = ChannelHealth(self.name, clock=clock or time.time)
         self.health.set(HealthState.UP, "no send yet")
-        self.breaker = CircuitBreaker(self.health)
+        self.breaker = CircuitBreaker(self.health, clock=clock or time.monotonic)
         self._client: Any = None  # twilio.rest.Client, imported when the channel starts (it is slow to import)
         self._http: Any = None
 
@@ -163,6 +175,42 @@ class TwilioSmsChannel:
 # ---- what Twilio tells us -------------------------------------------------------------------------------
 
 
+class TwilioReceiver:
+    """Twilio's webhooks: an inbound SMS (`sms`) and a message's status callback (`status`), both signed with the
+    account's auth token over the URL Twilio called and every field it posted. Behind the Receiver protocol: the
+    relay hands in the call as it came and gets the answer to send; it never sees a Twilio field name."""
+
+    hooks = frozenset({"sms", "status"})
+    channel = "sms"
+
+    def __init__(self, auth_token: str) -> None:
+        self._token = auth_token
+
+    def precheck(self, call_headers: Mapping[str, str]) -> None:
+        if not call_headers.get(SIGNATURE_HEADER):
+            raise Unauthenticated(f"no {SIGNATURE_HEADER} header")
+
+    async def receive(self, call: WebhookCall, sink: ReplySink) -> WebhookAnswer:
+        try:
+            check_signature(self._token, call.url, call.form, call.headers.get(SIGNATURE_HEADER))
+        except SignatureError as exc:
+            raise Unauthenticated(str(exc)) from None
+        if call.hook == "sms":
+            sms = parse_inbound(call.form)
+            answer = await sink.on_reply(self.channel, sms.sender, sms.body, call.form.get("MessageSid", ""))
+            return WebhookAnswer(200, twiml(answer), "text/xml")
+        report = parse_status_callback(call.query, call.form)
+        final = {Delivery.DELIVERED: True, Delivery.FAILED: False}.get(report.delivery)
+        await sink.on_receipt(
+            self.channel, [k for k in report.key.split(",") if k], final, report.status,
+            f"twilio {report.error_code}: undelivered" if final is False else None,
+        )
+        return WebhookAnswer(204)
+
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+
+
 class SignatureError(Exception):
     pass
 
@@ -196,6 +244,7 @@ class StatusReport:
     message_sid: str
     delivery: Delivery
     error_code: str
+    status: str  # Twilio's own word
 
 
 def parse_status_callback(query: Mapping[str, str], form: Mapping[str, str]) -> StatusReport:
@@ -205,6 +254,7 @@ def parse_status_callback(query: Mapping[str, str], form: Mapping[str, str]) -> 
         message_sid=form.get("MessageSid", ""),
         delivery=_STATUS.get(status, Delivery.PENDING),
         error_code=form.get("ErrorCode", ""),
+        status=status[:32] or "unknown",
     )
 
 

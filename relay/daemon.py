@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 from channels.base import Channel
 from channels.email import SmtpEmailChannel, SmtpSettings
 from channels.mqtt import MqttChannel, MqttSettings
-from channels.sms import TwilioSettings, TwilioSmsChannel
+from channels.sms import TwilioReceiver, TwilioSettings, TwilioSmsChannel
 from relay.ack_links import AckLinkSigner, load_or_create_key
-from relay.api.context import ApiContext, SmsWebhooks
+from relay.api.context import ApiContext
 from relay.api.failures import AuthGuard, FailureTrail
 from relay.api.server import HttpLimits, HttpServer
 from relay.auth import Authenticator
@@ -189,9 +189,9 @@ class Relay:
                 channels=[c.health for c in (mqtt, *backups)],
                 renderer=renderer,
                 ack_links=ack_links,
-                sms=SmsWebhooks(
-                    s.sms.auth_token.get_secret_value(), SmsReplies(engine, store, desks, self.clock)
-                ) if sms else None,
+                # The wiring names the providers: /webhooks/twilio/... goes to the SMS channel's receiver.
+                receivers={"twilio": TwilioReceiver(s.sms.auth_token.get_secret_value())} if sms else {},
+                replies=SmsReplies(engine, store, desks, self.clock, self.metrics),
             ),
             h.host,
             h.port,

@@ -15,7 +15,7 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from relay.metrics import Metrics
 from relay.store.base import StoreUnavailable
@@ -107,8 +107,9 @@ class Jobs:
 
     async def supervise(
         self, name: str, start: Callable[[], Awaitable[object]], *, first_wait_s: float = 0.5, max_wait_s: float = 30.0
-    ) -> NoReturn:
-        """Keep a long-running part going: when it raises (or ends), count it, wait (capped, doubling), restart.
+    ) -> None:
+        """Keep a long-running part going: when it raises, count it, wait (capped, doubling), restart it. A part
+        that returns has nothing more to do (a canary that is not configured) and is not restarted.
 
         A channel whose library fails in a way nobody foresaw is that channel down for a moment, not the relay.
         """
@@ -117,7 +118,7 @@ class Jobs:
             started = time.monotonic()
             try:
                 await start()
-                log.error("task ended on its own; restarting", extra={"event": "task_ended", "task": name})
+                return
             except Exception as exc:  # noqa: BLE001 - counted and logged; the part is restarted
                 self.failed(JobKind.TASK, exc, task=name)
             if time.monotonic() - started > max_wait_s:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from channels.base import ChannelHealth
+from channels.base import ChannelHealth, Receiver, ReplySink
 from relay.ack_links import AckLinkSigner
 from relay.auth import Authenticator
 from relay.clock import Clock
@@ -18,14 +18,7 @@ from relay.intake import Intake
 from relay.metrics import Metrics
 from relay.ratelimit import RateLimiter
 from relay.render import Renderer
-from relay.sms_replies import SmsReplies
 from relay.store.base import Store
-
-
-@dataclass(frozen=True)
-class SmsWebhooks:
-    auth_token: str  # Twilio signs its webhooks with the account's auth token
-    replies: SmsReplies
 
 
 @dataclass
@@ -42,7 +35,8 @@ class ApiContext:
     channels: Sequence[ChannelHealth]
     renderer: Renderer
     ack_links: AckLinkSigner
-    sms: SmsWebhooks | None = None
+    receivers: Mapping[str, Receiver] = field(default_factory=dict)  # by provider, as in /webhooks/{provider}/...
+    replies: ReplySink | None = None
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 
 

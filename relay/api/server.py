@@ -51,8 +51,6 @@ def build_app(ctx: ApiContext, guard: AuthGuard, limits: HttpLimits) -> web.Appl
         web.get("/api/v1/audit", alerts.audit),
         web.get("/api/v1/events", stream.events),
         web.get("/api/v1/openapi.json", openapi),
-        web.post("/webhooks/twilio/sms", webhooks.inbound_sms),
-        web.post("/webhooks/twilio/status", webhooks.sms_status),
         web.get("/ack/{token}", ack_page.show),
         web.post("/ack/{token}", ack_page.confirm),
         web.get("/healthz", ops.healthz),
@@ -64,6 +62,7 @@ def build_app(ctx: ApiContext, guard: AuthGuard, limits: HttpLimits) -> web.Appl
         web.get("/console/operator", consoles.operator),
         web.get("/console/session", consoles.session),
         web.get("/console/static/{name}", consoles.static),
+        *webhooks.routes(ctx.receivers),
     ])
     return app
 
