@@ -21,6 +21,7 @@ from relay.clock import to_datetime
 from relay.config import Settings
 from relay.daemon import mqtt_settings, smtp_settings, twilio_settings
 from relay.engine import CHANNEL_TEST_PREFIX
+from relay.model import Priority
 from relay.states import AlertState
 from relay.store.base import AlertRecord
 from relay.topics import Topics
@@ -92,7 +93,7 @@ async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, repl
         ref = f"{TEST_PREFIX}{secrets.token_hex(6)}"
         record = AlertRecord(
             alert_id=ref, report_id=ref, operator_id="self-test", short_code="TEST", state=AlertState.PENDING,
-            priority="routine", stale=False, created_at=now, desks=(desk.id,),
+            priority=Priority.ROUTINE, stale=False, created_at=now, desks=(desk.id,),
             report={"report_id": ref, "observed_at": render_time(now), "location": {"lat": 0, "lon": 0},
                     "status": "test", "notes": TEST_TEXT},
         )

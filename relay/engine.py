@@ -112,7 +112,7 @@ class Engine:
             operator_id=operator_id,
             short_code=short_code.new_code(),
             state=AlertState.PENDING,
-            priority=report.priority.value,
+            priority=report.priority,
             stale=report.is_stale(datetime.fromtimestamp(now, report.observed_at.tzinfo)),
             created_at=now,
             report=report.as_submitted(),

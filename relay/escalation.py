@@ -13,6 +13,7 @@ import enum
 import math
 from dataclasses import dataclass
 
+from relay.model import Priority
 from relay.states import OPEN_ALERT_STATES, DeliveryState
 from relay.store.base import AlertRecord, DeliveryRecord, Schedule
 
@@ -96,7 +97,7 @@ def plan(alert: AlertRecord, policy: Policy, now: float, *, primary_up: bool) ->
             primary_failed = any(d.attempts > 0 for d in unsent) or any(
                 d.state is DeliveryState.FAILED for d in primary
             )
-            if alert.priority == "flash":
+            if alert.priority == Priority.FLASH:
                 backup_at, reason = alert.created_at, BackupReason.FLASH
             elif primary_failed or (unsent and not primary_up):
                 backup_at, reason = now, BackupReason.FAILOVER

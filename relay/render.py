@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from relay.clock import to_datetime
+from relay.model import Priority
 from relay.store.base import AlertRecord
 from relay.text import has_controls, normalise, single_line
 from relay.vocabulary import compass, label, marks, short, word
@@ -138,7 +139,7 @@ class Renderer:
         carried: list[AlertRecord] = []
         # Flash first (sorted() keeps the rest in order); each item keeps its own marks: an exercise inside a
         # bundle of real alerts must still read as an exercise.
-        for a in sorted(alerts, key=lambda a: a.priority != "flash"):
+        for a in sorted(alerts, key=lambda a: a.priority != Priority.FLASH):
             f = self.fields(a)
             count = f" x{f['count']}" if f["count"] != "1" else ""
             item = f"{f['mark']}{a.short_code} {f['time']} {_shorten(f['place'], 14)}{count}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relay.clock import to_datetime
 from relay.events import StateEvent
-from relay.model import AcceptedView, AckView, AlertView, DeliveryView, EventView, Priority
+from relay.model import AcceptedView, AckView, AlertView, DeliveryView, EventView
 from relay.states import DeliveryState
 from relay.store.base import AckRecord, AlertRecord, DeliveryRecord
 
@@ -37,7 +37,7 @@ def alert_view(a: AlertRecord) -> AlertView:
         operator_id=a.operator_id,
         short_code=a.short_code,
         state=a.state.value,
-        priority=Priority(a.priority),
+        priority=a.priority,
         stale=a.stale,
         created_at=to_datetime(a.created_at),
         report=a.report,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from relay.model import Priority
 from relay.states import AlertState, DeliveryState
 
 
@@ -48,7 +49,7 @@ class AlertRecord:
     operator_id: str
     short_code: str
     state: AlertState
-    priority: str
+    priority: Priority
     stale: bool
     created_at: float
     report: dict[str, Any]  # as submitted (validated), caller included

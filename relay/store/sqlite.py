@@ -25,6 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from relay import transitions
 from relay.clock import to_datetime
+from relay.model import Priority
 from relay.states import (
     OPEN_ALERT_STATES,
     AlertState,
@@ -819,7 +820,7 @@ def _hydrate(conn: sqlite3.Connection, rows: list[Any]) -> list[AlertRecord]:
 def _alert(row: Sequence[Any], deliveries: tuple[DeliveryRecord, ...], ack: AckRecord | None) -> AlertRecord:
     return AlertRecord(
         alert_id=row[0], report_id=row[1], operator_id=row[2], short_code=row[3], state=AlertState(row[4]),
-        priority=row[5], stale=bool(row[6]), created_at=row[7], report=json.loads(row[8]),
+        priority=Priority(row[5]), stale=bool(row[6]), created_at=row[7], report=json.loads(row[8]),
         desks=tuple(json.loads(row[9])), deliveries=deliveries, ack=ack, next_action_at=row[10],
         backup_rounds=row[11], last_backup_at=row[12],
     )
