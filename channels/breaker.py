@@ -16,7 +16,7 @@ from channels.base import ChannelHealth, HealthState
 class CircuitBreaker:
     def __init__(
         self, health: ChannelHealth, *, threshold: int = 3, cooldown_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,  # only differences count: any steady scale will do
     ) -> None:
         self._health, self._threshold, self._cooldown = health, threshold, cooldown_s
         self._clock = clock

@@ -9,6 +9,8 @@ import asyncio
 import email.errors
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -40,11 +42,12 @@ class SmtpSettings:
 class SmtpEmailChannel:
     name = "email"
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, clock: Callable[[], float] | None = None) -> None:
+        """`clock`: the relay's (seconds since the epoch), so health times agree with what it stores."""
         self._cfg = settings
-        self.health = ChannelHealth(self.name)
+        self.health = ChannelHealth(self.name, clock=clock or time.time)
         self.health.set(HealthState.UP, "no send yet")
-        self.breaker = CircuitBreaker(self.health)
+        self.breaker = CircuitBreaker(self.health, clock=clock or time.monotonic)
         self._tls_context: ssl.SSLContext | None = None
 
     async def run(self) -> None:

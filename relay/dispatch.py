@@ -169,6 +169,8 @@ class Dispatcher:
                                                  self._clock.now())
         if len(still_open) > 1:
             still_open = await self._renderable(still_open)
+        if not still_open:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
+            return
         by_alert = {i.alert.alert_id: i for i in still_open}
         for text, alerts in self._render.sms_batches([i.alert for i in still_open]):
             batch = [by_alert[a.alert_id] for a in alerts]
