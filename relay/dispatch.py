@@ -122,7 +122,7 @@ class Dispatcher:
         if channel.health.state is HealthState.UP:
             channel.health.set(HealthState.DEGRADED, f"a send failed: {detail}")
         for d in deliveries:
-            recorded = await self._store.finish_attempt(d.delivery_id, AttemptOutcome.FAILED, now, error=detail)
+            recorded = await self._store.finish_attempt(d.delivery_id, AttemptOutcome.BROKE, now, error=detail)
             if recorded is None:
                 continue  # its outcome was recorded before the error, or the alert closed meanwhile
             self._metrics.deliveries.labels(d.channel, "unexpected").inc()

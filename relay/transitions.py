@@ -58,6 +58,8 @@ def attempt_finished(
         return _to(d, _D.SENT, sent_at=d.sent_at or at, error=None)
     if outcome is AttemptOutcome.FAILED:
         return _to(d, _D.FAILED, error=error, permanent=True)
+    if outcome is AttemptOutcome.BROKE:
+        return _to(d, _D.FAILED, error=error, permanent=False)
     if outcome is AttemptOutcome.RETRY and alert_state in OPEN_ALERT_STATES:
         return _to(d, _D.QUEUED, error=error)
     return _to(d, _D.CANCELLED, error=error)

@@ -141,9 +141,6 @@ async def test_an_sms_refused_for_good_is_not_tried_again(h: EngineHarness) -> N
     assert [(d.state, d.permanent) for d in sms] == [(DeliveryState.FAILED, True)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: Dispatcher._failed records AttemptOutcome.FAILED, which transitions.attempt_finished makes "
-    "permanent, so backup_round never re-arms it, against _failed's own docstring"))
 async def test_an_email_send_that_raises_fails_alone_and_the_next_round_tries_it_afresh(h: EngineHarness) -> None:
     h.channels["email"].will(RuntimeError("the library broke"))
     alert_id = await h.accept()

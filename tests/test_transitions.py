@@ -99,3 +99,11 @@ def test_a_taken_short_code_is_redrawn() -> None:
     assert code != "K7QX" and len(code) >= 4
     with pytest.raises(RuntimeError):
         t.free_short_code("K7QX", lambda _: True)
+
+
+def test_a_send_that_raised_failed_but_not_for_good() -> None:
+    broke = t.attempt_finished(delivery(D.SENDING, attempts=1), OPEN, AttemptOutcome.BROKE, 5.0, "unexpected: X")
+    assert broke is not None and (broke.state, broke.permanent) == (D.FAILED, False)
+    assert t.replan_now(broke)
+    rearmed = t.backup_round({broke.delivery_id: broke}, [broke], (), 60.0)
+    assert [d.delivery_id for d in rearmed.to_send] == [broke.delivery_id]  # the next round tries it afresh

@@ -84,6 +84,9 @@ class AttemptOutcome(enum.StrEnum):
     SENT = "sent"
     RETRY = "retry"  # transient failure: back to queued
     FAILED = "failed"  # permanent failure
+    # The send raised what nobody foresaw: failed, with the reason, but not for good. Nothing replays it (not at
+    # a restart either); the next backup round tries it afresh.
+    BROKE = "broke"
     CANCELLED = "cancelled"  # not sent: the alert was closed before it went out
 
 
