@@ -14,11 +14,14 @@ import math
 import random
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
+import paho.mqtt.client as paho
+from aiomqtt.types import PahoSocket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -84,6 +87,136 @@ class Backoff:
         ceiling = min(self._high, self._low * 2**self._attempt)
         self._attempt = min(self._attempt + 1, 32)
         return random.uniform(ceiling / 2, ceiling)
+
+
+class LoopBoundClient(aiomqtt.Client):
+    """aiomqtt's client, with the event loop watching exactly the socket paho holds, for as long as it holds it.
+
+    aiomqtt 2.x applies paho's socket callbacks out of order: `_on_socket_register_write` adds the writer through
+    `call_soon_threadsafe`, so later, even when paho asks on the loop thread, while `_on_socket_unregister_write`
+    removes it at once. Under load paho often unregisters (its `loop_write` emptied the queue) before the deferred
+    add has run; the add then lands after the removal, and the writer stays registered while paho's
+    `_registered_write` says it is not. That writer fires on every loop iteration (a busy loop) and nothing
+    removes it: when the broker goes, paho's `_sock_close` skips the unregister and closes the descriptor with the
+    writer still on it. uvloop's libuv then fails its batched epoll_ctl on that descriptor and calls abort()
+    (issue 12: SIGABRT at a broker kill); the stdlib loop only logs "Bad file descriptor" or a `KeyError`.
+
+    Here each callback makes the loop's registrations match paho's current socket and write flag, at once on the
+    loop thread. Only paho's connect(), which aiomqtt runs in an executor thread, calls from elsewhere; its
+    changes are posted to the loop and read paho's state when they run, so they never act on a stale socket.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop_thread = threading.get_ident()
+        self._watched: object | None = None  # the socket whose descriptor the loop watches
+        self._watched_fd = -1
+        self._writing = False
+
+    async def __aenter__(self) -> Self:
+        # paho's connect() closes a socket it still holds, in the executor thread, behind the loop's back.
+        self._drop_socket()
+        try:
+            return await super().__aenter__()
+        except aiomqtt.MqttError:
+            # No CONNACK in time leaves the socket open and watched; a late CONNACK would then pass for the
+            # next attempt's.
+            self._drop_socket()
+            raise
+
+    def _drop_socket(self) -> None:
+        if not self._lock.locked() and self._client._sock is not None:
+            self._client._sock_close()  # calls back into _on_socket_close, on this thread
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
+        self._on_loop(self._opened)
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
+        self._on_loop(self._reconcile)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
+        self._on_loop(self._reconcile)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
+        # paho closes the descriptor as soon as this returns: the loop must have let go of it by then.
+        self._on_loop(self._closed, wait=True)
+
+    def _on_loop(self, action: Callable[[], None], *, wait: bool = False) -> None:
+        if threading.get_ident() == self._loop_thread:
+            action()
+            return
+        if not wait:
+            self._loop.call_soon_threadsafe(action)
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        # The loop is free meanwhile (it awaits the executor); the bound only keeps a stopped loop from hanging
+        # the thread.
+        if not done.wait(timeout=10):
+            log.error("event loop did not release the MQTT socket before paho closed it")
+
+    def _opened(self) -> None:
+        self._reconcile()
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+        self._misc_task = self._loop.create_task(self._misc_loop())
+
+    def _closed(self) -> None:
+        self._reconcile()
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            self._misc_task = None
+
+    def _reconcile(self) -> None:
+        """On the loop thread: watch paho's current socket for reading, and for writing while paho wants to."""
+        sock = self._client._sock
+        if self._watched is not None and self._watched is not sock:
+            # paho let go of it (it sets _sock to None before its close callbacks), or replaced it; by socket
+            # object, not descriptor number, which a new socket may already have taken.
+            self._loop.remove_reader(self._watched_fd)
+            if self._writing:
+                self._loop.remove_writer(self._watched_fd)
+            self._watched, self._watched_fd, self._writing = None, -1, False
+        if sock is None or sock.fileno() < 0:
+            return
+        if self._watched is None:
+            self._watched, self._watched_fd = sock, sock.fileno()
+            self._loop.add_reader(self._watched_fd, self._on_readable)
+        wants_write = self._client._registered_write
+        if wants_write != self._writing:
+            self._writing = wants_write
+            if wants_write:
+                self._loop.add_writer(self._watched_fd, self._on_writable)
+            else:
+                self._loop.remove_writer(self._watched_fd)
+
+    def _on_readable(self) -> None:
+        try:
+            while True:
+                self._client.loop_read()
+                # an SSL socket may hold decrypted bytes that loop_read left, and the descriptor shows none (paho#131)
+                sock = self._client._sock
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0):
+                    break
+        except Exception as exc:  # noqa: BLE001 - as aiomqtt: any failure here ends the connection
+            self._failed(exc)
+
+    def _on_writable(self) -> None:
+        try:
+            self._client.loop_write()
+        except Exception as exc:  # noqa: BLE001 - as aiomqtt: any failure here ends the connection
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._disconnected.done():
+            self._disconnected.set_exception(exc)
 
 
 class MqttChannel:
@@ -211,7 +344,7 @@ class MqttChannel:
             tls_params = aiomqtt.TLSParameters(
                 ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file, cert_reqs=ssl.CERT_REQUIRED
             )
-        client = aiomqtt.Client(
+        client = LoopBoundClient(
             cfg.host,
             cfg.port,
             identifier=cfg.client_id,
