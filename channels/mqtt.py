@@ -15,6 +15,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -222,14 +223,15 @@ class LoopBoundClient(aiomqtt.Client):
 class MqttChannel:
     name = "mqtt"
 
-    def __init__(self, settings: MqttSettings) -> None:
+    def __init__(self, settings: MqttSettings, clock: Callable[[], float] | None = None) -> None:
+        """`clock`: the relay's (seconds since the epoch), so health times agree with what it stores."""
         self._cfg = settings
         self._sink: InboundSink | None = None
         self._raw: dict[str, RawHandler] = {}
         self._client: aiomqtt.Client | None = None
         self._connections = 0  # bumped when a connection ends: a publish that saw it change lost its PUBACK
         self._expiry_props: dict[int, Properties] = {}
-        self.health = ChannelHealth(self.name)
+        self.health = ChannelHealth(self.name, clock=clock or time.time)
 
     def listen(self, sink: InboundSink, subscriptions: Mapping[str, RawHandler] | None = None) -> None:
         """Where replies go, and which other topics to take in (call before run)."""

@@ -27,6 +27,7 @@ from relay.jobs import JobKind, Jobs
 from relay.metrics import Metrics
 from relay.mqtt_events import MqttEventPublisher
 from relay.mqtt_intake import MqttReportIntake
+from relay.plug_board import Form, Plug
 from relay.ratelimit import RateLimiter
 from relay.render import Renderer
 from relay.retention import Retention
@@ -92,6 +93,21 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
     )
 
 
+def plugs(
+    topics: Topics, mqtt: Channel, sms: Channel | None, email: Channel | None, *, give_up_s: float,
+    sms_validity_s: int,
+) -> tuple[Plug, list[Plug]]:
+    """The plug board: the one place that says which channel is what (CONTRACT.md's escalation rule)."""
+    primary = Plug(mqtt, Form.CONSOLE, lambda desk: [topics.alerts(desk.id)], workers=64,
+                   expiry_s=int(give_up_s))  # an alert nobody acked by give-up is not news any more
+    backups = []
+    if sms is not None:
+        backups.append(Plug(sms, Form.TEXT, lambda desk: desk.sms, expiry_s=sms_validity_s))
+    if email is not None:
+        backups.append(Plug(email, Form.LETTER, lambda desk: desk.email, workers=16))
+    return primary, backups
+
+
 class Relay:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
@@ -108,10 +124,13 @@ class Relay:
         store = self.store = await SQLiteStore.open(s.store.sqlite_path)
         bus = EventBus()
         desks = [Desk.from_config(d) for d in s.desks]
-        mqtt = MqttChannel(mqtt_settings(s, topics))
-        sms = TwilioSmsChannel(twilio_settings(s)) if s.sms.enabled else None
-        email = SmtpEmailChannel(smtp_settings(s)) if s.email.enabled else None
+        now = self.clock.now
+        mqtt = MqttChannel(mqtt_settings(s, topics), now)
+        sms = TwilioSmsChannel(twilio_settings(s), now) if s.sms.enabled else None
+        email = SmtpEmailChannel(smtp_settings(s), now) if s.email.enabled else None
         backups: list[Channel] = [c for c in (sms, email) if c is not None]
+        primary, backup_plugs = plugs(topics, mqtt, sms, email, give_up_s=s.escalation.give_up_s,
+                                      sms_validity_s=s.sms.validity_period_s or int(s.escalation.repeat_s))
         renderer = Renderer(ZoneInfo(s.relay.timezone), s.templates.overrides())
         ack_links = AckLinkSigner(
             load_or_create_key(s.http.ack_link_key.get_secret_value(), s.relay.data_dir), s.http.ack_link_ttl_s
@@ -128,14 +147,12 @@ class Relay:
 
         dispatcher = Dispatcher(
             store=store,
-            channels={c.name: c for c in (mqtt, *backups)},
+            plugs=[primary, *backup_plugs],
             renderer=renderer,
             topics=topics,
             clock=self.clock,
             metrics=self.metrics,
-            message_expiry_s=int(s.escalation.give_up_s),
-            sms_validity_s=s.sms.validity_period_s or int(s.escalation.repeat_s),
-            sms_bundle_window_s=s.sms.bundle_window_s,
+            bundle_window_s=s.sms.bundle_window_s,
             ack_links=ack_links,
             public_url=s.http.public_url,
             poke=poke,
@@ -155,8 +172,8 @@ class Relay:
             bus=bus,
             metrics=self.metrics,
             topics=topics,
-            primary=mqtt,
-            backups=backups,
+            primary=primary,
+            backups=backup_plugs,
             dispatcher=dispatcher,
             jobs=jobs,
             poke=poke,

@@ -14,15 +14,16 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from channels.base import Channel, HealthState, Outgoing, SendResult
+from channels.base import HealthState, Outgoing, SendResult
 from relay import render
 from relay.ack_links import AckLinkSigner
 from relay.clock import Clock
 from relay.jobs import JobKind, Jobs
 from relay.metrics import Metrics
+from relay.plug_board import Form, Plug
 from relay.sms_bundler import SmsBundler, SmsItem
 from relay.states import OPEN_ALERT_STATES
 from relay.store.base import AlertRecord, AttemptOutcome, DeliveryRecord, Store
@@ -31,9 +32,8 @@ from relay.topics import Topics
 
 log = logging.getLogger("relay.dispatch")
 
-# Workers per channel, each channel with its own queue: a slow e-mail server (every unacknowledged alert sends
-# a round of e-mail every repeat) must never hold an MQTT alert behind it.
-WORKERS = {"mqtt": 64, "email": 16}
+# Each channel has its own queue and workers (Plug.workers): a slow e-mail server (every unacknowledged alert
+# sends a round of e-mail every repeat) must never hold a console's alert behind it.
 
 @dataclass(frozen=True, slots=True)
 class _Job:
@@ -46,47 +46,53 @@ class Dispatcher:
         self,
         *,
         store: Store,
-        channels: Mapping[str, Channel],
+        plugs: Sequence[Plug],
         renderer: render.Renderer,
         topics: Topics,
         clock: Clock,
         metrics: Metrics,
-        message_expiry_s: int,
-        sms_validity_s: int,
-        sms_bundle_window_s: float,
+        bundle_window_s: float,
         ack_links: AckLinkSigner,
         public_url: str,
         poke: asyncio.Event,
         jobs: Jobs,
     ) -> None:
-        self._store, self._channels, self._render, self._jobs = store, channels, renderer, jobs
+        self._store, self._render, self._jobs = store, renderer, jobs
+        self._plugs = {p.name: p for p in plugs}
         self._topics, self._clock, self._metrics = topics, clock, metrics
-        self._expiry_s, self._sms_validity_s = message_expiry_s, sms_validity_s
         self._ack_links, self._public_url, self._poke = ack_links, public_url, poke
-        self._queues: dict[str, asyncio.Queue[_Job]] = {name: asyncio.Queue() for name in WORKERS}
+        self._queues: dict[str, asyncio.Queue[_Job]] = {p.name: asyncio.Queue() for p in plugs if not p.bundled}
         self._in_flight: set[str] = set()  # delivery ids queued here or being sent
-        self._bundler = SmsBundler(sms_bundle_window_s, self._send_sms, clock)
+        self._bundlers = {
+            p.name: SmsBundler(bundle_window_s, functools.partial(self._send_bundle, p), clock)
+            for p in plugs if p.bundled
+        }
 
-    def together(self) -> contextlib.AbstractContextManager[None]:
-        """Sends submitted inside leave together when it ends (one SMS bundle per phone for a scheduler pass)."""
-        return self._bundler.together()
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Sends submitted inside leave together when it ends (one bundle per target for a scheduler pass)."""
+        with contextlib.ExitStack() as stack:
+            for bundler in self._bundlers.values():
+                stack.enter_context(bundler.together())
+            yield
 
     def submit(self, alert: AlertRecord, deliveries: list[DeliveryRecord]) -> None:
         for d in deliveries:
             if d.delivery_id in self._in_flight:
                 continue
             self._in_flight.add(d.delivery_id)
-            if d.channel == "sms":
-                self._bundler.add(SmsItem(alert, d))
+            if d.channel in self._bundlers:
+                self._bundlers[d.channel].add(SmsItem(alert, d))
             else:
                 self._queues[d.channel].put_nowait(_Job(alert, d))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            for channel, count in WORKERS.items():
-                for _ in range(count):
-                    tg.create_task(self._worker(self._queues[channel]))
-            tg.create_task(self._bundler.run())
+            for name, queue in self._queues.items():
+                for _ in range(self._plugs[name].workers):
+                    tg.create_task(self._worker(queue))
+            for bundler in self._bundlers.values():
+                tg.create_task(bundler.run())
 
     async def drain(self, within_s: float) -> bool:
         """Wait until every send handed over so far has finished, at most `within_s`; False if some did not."""
@@ -94,7 +100,8 @@ class Dispatcher:
             async with asyncio.timeout(within_s):
                 for queue in self._queues.values():
                     await queue.join()
-                await self._bundler.idle()
+                for bundler in self._bundlers.values():
+                    await bundler.idle()
         except TimeoutError:
             return False
         return True
@@ -118,9 +125,9 @@ class Dispatcher:
         """Deliveries whose send raised: failed for good with the reason (a restart must not replay them into
         the same error; the next backup round tries them afresh), the channel's health told, failover planned."""
         now = self._clock.now()
-        channel = self._channels[deliveries[0].channel]
-        if channel.health.state is HealthState.UP:
-            channel.health.set(HealthState.DEGRADED, f"a send failed: {detail}")
+        health = self._plugs[deliveries[0].channel].health
+        if health.state is HealthState.UP:
+            health.set(HealthState.DEGRADED, f"a send failed: {detail}")
         for d in deliveries:
             recorded = await self._store.finish_attempt(d.delivery_id, AttemptOutcome.BROKE, now, error=detail)
             if recorded is None:
@@ -130,9 +137,10 @@ class Dispatcher:
         self._poke.set()  # the store made their alerts due now: the scheduler plans the failover or the retry
 
     async def _send(self, alert: AlertRecord, d: DeliveryRecord) -> None:
-        if d.channel == "mqtt":
+        plug = self._plugs[d.channel]
+        if plug.form is Form.CONSOLE:
             msg = Outgoing(
-                key=alert.alert_id, target=d.target, expiry_s=self._expiry_s,
+                key=alert.alert_id, target=d.target, expiry_s=plug.expiry_s,
                 body=render.mqtt_alert(alert, d.desk_id, self._topics.acks(d.desk_id)),
             )
         else:
@@ -146,20 +154,20 @@ class Dispatcher:
             )
         await self._record(alert, d, await self._deliver(d.channel, msg))
 
-    async def _send_sms(self, phone: str, items: list[SmsItem]) -> None:
+    async def _send_bundle(self, plug: Plug, target: str, items: list[SmsItem]) -> None:
         try:
             await self._jobs.run(
-                JobKind.DELIVERY, lambda: self._send_sms_batch(phone, items),
+                JobKind.DELIVERY, lambda: self._send_texts(plug, target, items),
                 alert_id=",".join(i.alert.alert_id for i in items),
                 on_failure=functools.partial(self._failed, [i.delivery for i in items]),
-                channel="sms",
+                channel=plug.name,
             )
         finally:
             for item in items:
                 self._in_flight.discard(item.delivery.delivery_id)
 
-    async def _send_sms_batch(self, phone: str, items: list[SmsItem]) -> None:
-        """One phone's SMS: what is still open goes out, bundled when several; what was acked meanwhile is not."""
+    async def _send_texts(self, plug: Plug, target: str, items: list[SmsItem]) -> None:
+        """One target's texts: what is still open goes out, bundled when several; what was acked meanwhile is not."""
         still_open = []
         for item in items:
             if await self._still_open(item.alert.alert_id):
@@ -168,28 +176,28 @@ class Dispatcher:
                 await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
                                                  self._clock.now())
         if len(still_open) > 1:
-            still_open = await self._renderable(still_open)
+            still_open = await self._renderable(plug, still_open)
         if not still_open:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
             return
         by_alert = {i.alert.alert_id: i for i in still_open}
         for text, alerts in self._render.sms_batches([i.alert for i in still_open]):
             batch = [by_alert[a.alert_id] for a in alerts]
             msg = Outgoing(
-                key=",".join(i.delivery.delivery_id for i in batch), target=phone, body=text.encode(),
-                expiry_s=self._sms_validity_s,
+                key=",".join(i.delivery.delivery_id for i in batch), target=target, body=text.encode(),
+                expiry_s=plug.expiry_s,
             )
-            result = await self._deliver("sms", msg)
+            result = await self._deliver(plug.name, msg)
             for i in batch:
                 await self._record(i.alert, i.delivery, result)
 
-    async def _renderable(self, items: list[SmsItem]) -> list[SmsItem]:
+    async def _renderable(self, plug: Plug, items: list[SmsItem]) -> list[SmsItem]:
         """The items whose alert renders on its own: one that cannot must not take a bundle's others with it."""
         ok = []
         for item in items:
             try:
                 self._render.sms(item.alert)
             except Exception as exc:  # noqa: BLE001 - counted and recorded by jobs.failed, the delivery failed
-                detail = self._jobs.failed(JobKind.DELIVERY, exc, alert_id=item.alert.alert_id, channel="sms")
+                detail = self._jobs.failed(JobKind.DELIVERY, exc, alert_id=item.alert.alert_id, channel=plug.name)
                 await self._failed([item.delivery], detail)
                 continue
             ok.append(item)
@@ -201,7 +209,7 @@ class Dispatcher:
 
     async def _deliver(self, channel: str, msg: Outgoing) -> SendResult:
         started = time.perf_counter()
-        result = await self._channels[channel].send(msg)
+        result = await self._plugs[channel].channel.send(msg)
         self._metrics.channel_send_seconds.labels(channel).observe(time.perf_counter() - started)
         return result
 

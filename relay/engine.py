@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import NoReturn
 
-from channels.base import Channel, HealthChange, HealthState, Inbound, InboundKind
+from channels.base import HealthChange, HealthState, Inbound, InboundKind
 from relay import escalation, short_code
 from relay.clock import Clock, sleep_until_or
 from relay.dispatch import Dispatcher
@@ -25,6 +25,7 @@ from relay.ids import new_id
 from relay.jobs import JobKind, Jobs
 from relay.metrics import Metrics
 from relay.model import Report
+from relay.plug_board import Plug
 from relay.routing import Desk, route
 from relay.states import AlertState, DeliveryState
 from relay.store.base import (
@@ -69,8 +70,8 @@ class Engine:
         bus: EventBus,
         metrics: Metrics,
         topics: Topics,
-        primary: Channel,
-        backups: Sequence[Channel] = (),
+        primary: Plug,
+        backups: Sequence[Plug] = (),
         dispatcher: Dispatcher,
         jobs: Jobs,
         poke: asyncio.Event,
@@ -102,9 +103,10 @@ class Engine:
         now = self._clock.now()
         alert_id = new_id(now)
         desks = route(self._desks, report.location.lat, report.location.lon)
+        p = self._primary
         deliveries = tuple(
-            DeliveryRecord(f"{alert_id}.{d.id}.mqtt", alert_id, d.id, self._primary.name, self._topics.alerts(d.id))
-            for d in desks
+            DeliveryRecord(f"{alert_id}.{d.id}.{p.name}", alert_id, d.id, p.name, target)
+            for d in desks for target in p.targets(d)[:1]  # one console per desk
         )
         alert = AlertRecord(
             alert_id=alert_id,
@@ -393,12 +395,11 @@ class Engine:
             desk = self._desk_by_id.get(desk_id)
             if desk is None:
                 continue  # a desk removed from the config since: nothing to send it
-            for channel in self._backups:
-                targets = desk.sms if channel.name == "sms" else desk.email
+            for plug in self._backups:
                 wanted += [
-                    DeliveryRecord(f"{alert.alert_id}.{desk_id}.{channel.name}.{n}", alert.alert_id, desk_id,
-                                   channel.name, target)
-                    for n, target in enumerate(targets)
+                    DeliveryRecord(f"{alert.alert_id}.{desk_id}.{plug.name}.{n}", alert.alert_id, desk_id,
+                                   plug.name, target)
+                    for n, target in enumerate(plug.targets(desk))
                 ]
         return wanted
 

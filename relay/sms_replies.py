@@ -48,9 +48,9 @@ class SmsReplies:
             log.info("inbound reply redelivered: handled once already",
                      extra={"event": "sms_redelivered", "message_sid": message_id[:64]})
             return None
-        return await self.handle(sender.strip(), text)
+        return await self.handle(channel, sender.strip(), text)
 
-    async def handle(self, sender: str, body: str) -> str:
+    async def handle(self, channel: str, sender: str, body: str) -> str:
         """The reply to send back."""
         keyword = opt_keyword(body)
         if keyword is not None:
@@ -67,23 +67,23 @@ class SmsReplies:
         if len(codes) > MAX_CODES:
             # Hundreds of code-like words are guesses, not a dispatcher's answer: one of them would hit an open
             # alert by chance and stop its escalation.
-            self._engine.count_refused("sms", "too_many_codes")
+            self._engine.count_refused(channel, "too_many_codes")
             log.warning("SMS reply with too many codes ignored", extra={
                 "event": "sms_reply_refused", "phone": sender, "codes": len(codes)})
             return (f"В ответе {len(codes)} кодов: ничего не подтверждено. "
                     f"Ответьте кодами тревог, не более {MAX_CODES} в одном SMS.")
-        return " ".join([await self._ack(code, sender) for code in codes])
+        return " ".join([await self._ack(channel, code, sender) for code in codes])
 
-    async def _ack(self, code: str, phone: str) -> str:
+    async def _ack(self, channel: str, code: str, phone: str) -> str:
         alert = await self._store.find_by_code(code, self._clock.now())
         if alert is None:
             return f"Код {code} не найден или тревога уже закрыта."
         desks = [d for d in self._desks_by_phone.get(phone, []) if d in alert.desks]
         try:
             if not desks:
-                await self._engine.refuse(alert.alert_id, "sms", "not_routed", phone,
+                await self._engine.refuse(alert.alert_id, channel, "not_routed", phone,
                                           "the number is not on a desk this alert went to")
-            result = await self._engine.acknowledge(alert.alert_id, desks[0], "sms", phone, phone)
+            result = await self._engine.acknowledge(alert.alert_id, desks[0], channel, phone, phone)
         except AckRefused as exc:
             if exc.reason == "not_routed":
                 return f"Номер не зарегистрирован для тревоги {code}: подтверждение не принято."

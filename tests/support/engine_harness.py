@@ -22,10 +22,11 @@ from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from channels.base import Channel, ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
+from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
 from relay.ack_links import AckLinkSigner
 from relay.clock import to_datetime
 from relay.config import DeskConfig
+from relay.daemon import plugs
 from relay.dispatch import Dispatcher
 from relay.engine import Engine
 from relay.escalation import Policy
@@ -252,13 +253,13 @@ class EngineHarness:
         jobs = Jobs(metrics)
         poke = asyncio.Event()
         topics = Topics("uav")
-        primary = self.channels[self.policy.primary]
-        backups: list[Channel] = [self.channels[name] for name in sorted(self.policy.backups)]
+        primary_channel = self.channels[self.policy.primary]
+        primary, backups = plugs(topics, primary_channel, self.channels.get("sms"), self.channels.get("email"),
+                                 give_up_s=self.policy.give_up_s, sms_validity_s=int(self.policy.repeat_s))
         dispatcher = Dispatcher(
-            store=store, channels={c.name: c for c in (primary, *backups)},
+            store=store, plugs=[primary, *backups],
             renderer=Renderer(ZoneInfo("Europe/Moscow"), {}), topics=topics, clock=self.clock, metrics=metrics,
-            message_expiry_s=int(self.policy.give_up_s), sms_validity_s=int(self.policy.repeat_s),
-            sms_bundle_window_s=self.bundle_window_s, ack_links=AckLinkSigner(b"k" * 32, 86400),
+            bundle_window_s=self.bundle_window_s, ack_links=AckLinkSigner(b"k" * 32, 86400),
             public_url=PUBLIC_URL, poke=poke, jobs=jobs,
         )
         self.engine = engine = Engine(
@@ -272,7 +273,7 @@ class EngineHarness:
         self._tasks = [
             self._tg.create_task(engine.run(), name="engine"),
             self._tg.create_task(dispatcher.run(), name="dispatch"),
-            *(self._tg.create_task(c.run(), name=c.name) for c in (primary, *backups)),
+            *(self._tg.create_task(p.channel.run(), name=p.name) for p in (primary, *backups)),
             self._tg.create_task(store.run(), name="store"),
         ]
         await self.clock.settle()
