@@ -256,7 +256,7 @@ async def test_the_email_link_shows_the_alert_on_get_and_acks_only_on_post(setup
 
 
 async def test_a_forged_or_expired_email_link_is_refused(setup: Setup) -> None:
-    from relay.ack_links import KEY_FILE, AckLinkSigner
+    from relay.engine.ack_links import KEY_FILE, AckLinkSigner
 
     accepted = await _failover_alert(setup, "mail-forged")
     link = _ack_link((await setup.smtp.wait_for(1))[0].text)

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay.config import ConfigError, hash_token, load_settings
+from relay.domain.config import ConfigError, hash_token, load_settings
 from tests.support.broker import Mosquitto
 from tests.support.console import Console
 from tests.support.relay import OPERATOR_TOKEN, report

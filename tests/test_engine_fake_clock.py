@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from channels.base import FailureReason
-from relay.states import AlertState, DeliveryState
+from relay.domain.states import AlertState, DeliveryState
 from tests.support.engine_harness import EMAIL, PHONE, EngineHarness, desk, fails, store_file
 
 REPEATS = [10.0 + 60 * n for n in range(15)]  # the first backup round at 10 s, then every 60 s until 900 s

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from relay.escalation import BackupReason, GiveUp, Policy, SendBackups, SendPrimary, plan
-from relay.states import AlertState, DeliveryState
-from relay.store.base import AckRecord, AlertRecord, DeliveryRecord
+from relay.domain.escalation import BackupReason, GiveUp, Policy, SendBackups, SendPrimary, plan
+from relay.domain.records import AckRecord, AlertRecord, DeliveryRecord
+from relay.domain.states import AlertState, DeliveryState
 
 T0 = 1_000_000.0
 POLICY = Policy(ack_timeout_s=10, repeat_s=60, give_up_s=900, retry_s=5, backups=frozenset({"sms", "email"}))

@@ -23,6 +23,30 @@ def test_channels_never_import_relay() -> None:
     assert offenders == []
 
 
+# The layers of relay/, bottom up: each may import those below it and itself, never one above.
+LAYERS = ("domain", "store", "engine", "edges", "operations")
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    rank = {layer: n for n, layer in enumerate(LAYERS)}
+    upward = []
+    loose = sorted(p.name for p in (ROOT / "relay").glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    for layer in LAYERS:
+        for path in (ROOT / "relay" / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "relay" and len(parts) > 1 and rank.get(parts[1], -1) > rank[layer]:
+                        upward.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert upward == []
+    assert loose == [], "every module of relay/ belongs to a layer"
+
+
 async def test_openapi_document_describes_the_report_schema_and_every_route(relay: RunningRelay) -> None:
     status, doc = await relay.get("/api/v1/openapi.json", token=None)
     assert status == 200

@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from relay.config import ConfigError, load_settings
-from relay.render import SMS_LIMIT, Renderer
-from relay.states import AlertState
-from relay.store.base import AlertRecord
+from relay.domain.config import ConfigError, load_settings
+from relay.domain.records import AlertRecord
+from relay.domain.render import SMS_LIMIT, Renderer
+from relay.domain.states import AlertState
 
 MSK = ZoneInfo("Europe/Moscow")
 

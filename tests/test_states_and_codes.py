@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from relay import short_code
-from relay.states import (
+from relay.domain import short_code
+from relay.domain.states import (
     ALERT_TRANSITIONS,
     DELIVERY_TRANSITIONS,
     AlertState,

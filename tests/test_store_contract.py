@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relay import short_code
-from relay.states import AlertState, DeliveryState
-from relay.store.base import (
+from relay.domain import short_code
+from relay.domain.records import (
     AcceptOutcome,
     AckRecord,
     AlertRecord,
@@ -23,8 +22,9 @@ from relay.store.base import (
     EventRecord,
     NewAlert,
     Schedule,
-    Store,
 )
+from relay.domain.states import AlertState, DeliveryState
+from relay.store.base import Store
 from relay.store.sqlite import SQLiteStore
 
 Opener = Callable[[], Awaitable[Store]]

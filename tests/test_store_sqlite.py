@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.store.base import AcceptOutcome
+from relay.domain.records import AcceptOutcome
 from relay.store.sqlite_schema import MIGRATIONS
 from tests.test_store_contract import _sqlite, new_alert
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from relay import transitions as t
-from relay.states import AlertState, DeliveryState, IllegalTransition
-from relay.store.base import AckRecord, AlertRecord, AttemptOutcome, DeliveryRecord
+from relay.domain import transitions as t
+from relay.domain.records import AckRecord, AlertRecord, AttemptOutcome, DeliveryRecord
+from relay.domain.states import AlertState, DeliveryState, IllegalTransition
 
 D = DeliveryState
 OPEN, CLOSED = AlertState.PENDING, AlertState.ACKNOWLEDGED

@@ -133,7 +133,7 @@ async def test_a_sighting_older_than_ten_minutes_is_relayed_marked_stale(relay: 
 
 
 def test_free_text_is_normalised_notes_keep_their_lines() -> None:
-    from relay.text import normalise
+    from relay.domain.text import normalise
 
     assert normalise("строка 1\nстрока 2\u2029\x07конец\r\nещё", multiline=True) == "строка 1\nстрока 2\nконец\nещё"
     assert normalise("Грязинский\r\nрайон\u2028\x0b\x85\t1") == "Грязинский район    1"

@@ -23,15 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from relay import transitions
-from relay.clock import to_datetime
-from relay.model import Priority
-from relay.states import (
-    OPEN_ALERT_STATES,
-    AlertState,
-    DeliveryState,
-)
-from relay.store.base import (
+from relay.domain import transitions
+from relay.domain.clock import to_datetime
+from relay.domain.model import Priority
+from relay.domain.records import (
     Accepted,
     AcceptOutcome,
     AckRecord,
@@ -44,8 +39,9 @@ from relay.store.base import (
     NewAlert,
     ReceiptResult,
     Schedule,
-    StoreUnavailable,
 )
+from relay.domain.states import OPEN_ALERT_STATES, AlertState, DeliveryState
+from relay.store.base import StoreUnavailable
 from relay.store.sqlite_schema import migrate
 
 log = logging.getLogger("relay.store")

@@ -26,10 +26,10 @@ import aiohttp
 import pytest
 import tomli_w
 
-from relay.api.failures import FailureTrail
-from relay.clock import SystemClock
-from relay.config import ConfigError, load_settings
-from relay.ratelimit import RateLimiter
+from relay.domain.clock import SystemClock
+from relay.domain.config import ConfigError, load_settings
+from relay.edges.api.failures import FailureTrail
+from relay.edges.ratelimit import RateLimiter
 from relay.store.sqlite import SQLiteStore
 from tests.support.broker import Mosquitto
 from tests.support.process import RelayProcess

@@ -18,10 +18,10 @@ import pytest
 from channels.email import SmtpEmailChannel
 from channels.mqtt import MqttChannel
 from channels.sms import TwilioSmsChannel
-from relay import escalation
-from relay.engine import Engine
-from relay.intake import Intake
-from relay.sms_replies import SmsReplies
+from relay.domain import escalation
+from relay.engine.engine import Engine
+from relay.engine.intake import Intake
+from relay.engine.sms_replies import SmsReplies
 from tests.support.broker import Mosquitto
 from tests.support.console import Console, MqttPeer
 from tests.support.relay import (

@@ -19,9 +19,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay.states import AlertState
+from relay.domain.records import AckRecord
+from relay.domain.states import AlertState
 from relay.store import sqlite as sqlite_store
-from relay.store.base import AckRecord, StoreUnavailable
+from relay.store.base import StoreUnavailable
 from relay.store.sqlite import SQLiteStore
 from tests.support.broker import Mosquitto
 from tests.support.console import Console

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.model import Report
+from relay.domain.model import Report
 from tests.support.relay import DESK_TOKEN, OPERATOR_TOKEN, RunningRelay
 
 ST = shutil.which("st", path=str(Path(sys.executable).parent))

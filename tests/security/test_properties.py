@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from relay import short_code
-from relay.ack_links import AckLinkSigner, BadLink
-from relay.engine import content_digest
-from relay.model import Report, validate_report
+from relay.domain import short_code
+from relay.domain.model import Report, validate_report
+from relay.engine.ack_links import AckLinkSigner, BadLink
+from relay.engine.engine import content_digest
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ENUMS = {

@@ -1,4 +1,5 @@
-"""The engine wired as relay/daemon.py wires it, on the real SQLite store, under a fake clock, with fake channels.
+"""The engine wired as relay/operations/daemon.py wires it, on the real SQLite store, under a fake clock, with fake
+channels.
 
 Everything but the channels' far ends is the real thing: intake, engine, dispatcher, SMS bundler, store (its
 writer task running, its file in the test's directory). A channel here speaks the real shape (channels.base.Channel)
@@ -23,22 +24,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from channels.base import ChannelHealth, FailureReason, HealthState, Outgoing, SendResult
-from relay.ack_links import AckLinkSigner
-from relay.clock import to_datetime
-from relay.config import DeskConfig
-from relay.daemon import plugs
-from relay.dispatch import Dispatcher
-from relay.engine import Engine
-from relay.escalation import Policy
-from relay.events import EventBus
-from relay.intake import Intake, Outcome
-from relay.jobs import Jobs
-from relay.metrics import Metrics
-from relay.render import Renderer
-from relay.routing import Desk
-from relay.store.base import AckResult, AlertRecord, DeliveryRecord, Schedule
+from relay.domain.clock import to_datetime
+from relay.domain.config import DeskConfig
+from relay.domain.escalation import Policy
+from relay.domain.records import AckResult, AlertRecord, DeliveryRecord, Schedule
+from relay.domain.render import Renderer
+from relay.domain.routing import Desk
+from relay.domain.topics import Topics
+from relay.engine.ack_links import AckLinkSigner
+from relay.engine.dispatch import Dispatcher
+from relay.engine.engine import Engine
+from relay.engine.events import EventBus
+from relay.engine.intake import Intake, Outcome
+from relay.engine.jobs import Jobs
+from relay.engine.metrics import Metrics
+from relay.operations.daemon import plugs
 from relay.store.sqlite import SQLiteStore
-from relay.topics import Topics
 from tests.support.fake_clock import FakeClock
 
 OPERATOR = "op-1"
@@ -243,7 +244,7 @@ class EngineHarness:
         self.channels = {name: c.reborn() for name, c in self.channels.items()}
         await self._start()
 
-    # ---- wiring (relay/daemon.py is the reference) ---------------------------------------------------
+    # ---- wiring (relay/operations/daemon.py is the reference) ---------------------------------------------------
 
     async def _start(self) -> None:
         store = await WatchedStore.open(self.path)

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from relay.config import Settings
-from relay.daemon import Relay
+from relay.domain.config import Settings
+from relay.operations.daemon import Relay
 from tests.support.wait import eventually
 
 OPERATOR_TOKEN = "op-1-token-0123456789abcdef"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.demo.twilio_sink import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, Fault, Sms, TwilioSink, post_signed
+from relay.operations.demo.twilio_sink import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, Fault, Sms, TwilioSink, post_signed
 from tests.support.wait import eventually
 
 __all__ = ["ACCOUNT_SID", "AUTH_TOKEN", "FROM_NUMBER", "Fault", "Sms", "TwilioFake", "post_signed"]

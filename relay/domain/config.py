@@ -1,0 +1,367 @@
+"""The relay's configuration: TOML file, then `RELAY_*` environment overrides, then built-in defaults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from relay.domain.contacts import Email, check_email, check_phone
+from relay.domain.render import check_template
+
+# Ids become MQTT topic levels and URL parts: no '/', '+', '#', spaces.
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RelaySection(Section):
+    data_dir: Path = Path("var")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    timezone: str = "Europe/Moscow"  # times in SMS and e-mail are the dispatcher's local time
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (e.g. Europe/Moscow)") from None
+        return v
+
+
+class StoreSection(Section):
+    url: str = "sqlite:///var/relay.db"
+    # Audit and event rows older than this are deleted daily; alerts and their deliveries stay.
+    retention_days: float = Field(90, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError("only sqlite:///<path> is supported by this version")
+        return v
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+class HttpSection(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    rate_per_s: float = Field(100, gt=0)
+    rate_burst: int = Field(1000, ge=1)
+    # Key of the e-mail ack links (HMAC-SHA256); empty: generated once into data_dir/ack-link.key (mode 0600).
+    ack_link_key: SecretStr = SecretStr("")
+    ack_link_ttl_s: int = Field(86400, ge=60)
+    # Failed authentication, per remote address: cheap to refuse, never a row per request.
+    anon_rate_per_s: float = Field(20, gt=0)
+    anon_burst: int = Field(100, ge=1)
+    # A request head must be in within this, or the connection is closed (slow-header connections).
+    header_timeout_s: float = Field(10, gt=0, le=300)
+    max_connections: int = Field(2000, ge=1)
+    max_streams_per_token: int = Field(20, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+class MqttSection(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str = Field("uav-relay-1", pattern=ID_PATTERN)
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    topic_prefix: str = Field("uav", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+    keepalive_s: int = Field(5, ge=1, le=3600)
+    publish_timeout_s: float = Field(1.0, gt=0, le=60)
+    session_expiry_s: int = Field(3600, ge=0)
+    protocol: Literal["5", "3.1.1"] = "5"
+    reconnect_max_s: float = Field(5.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class SmsSection(Section):
+    enabled: bool = False
+    provider: Literal["twilio"] = "twilio"
+    account_sid: str = ""
+    auth_token: SecretStr = SecretStr("")
+    from_number: str = ""
+    api_base_url: str = "https://api.twilio.com"
+    validity_period_s: int | None = Field(None, ge=1, le=36000)  # default: escalation.repeat_s
+    bundle_window_s: float = Field(0.5, ge=0, le=60)
+    timeout_s: float = Field(10.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.enabled:
+            missing = [k for k in ("account_sid", "from_number") if not getattr(self, k)]
+            if not self.auth_token.get_secret_value():
+                missing.append("auth_token")
+            if missing:
+                raise ValueError(f"enabled, but {', '.join(missing)} not set")
+        if not re.match(r"^https?://[^/\s]+/?$", self.api_base_url):
+            raise ValueError("api_base_url: must be an http(s) URL with no path")
+        return self
+
+
+class EmailSection(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    starttls: bool = False
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    from_address: Email = "uav-relay@localhost"
+    tls: bool = False  # implicit TLS (port 465); starttls upgrades a plain connection instead
+    ca_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _one_tls(self) -> Self:
+        if self.tls and self.starttls:
+            raise ValueError("tls and starttls exclude each other")
+        return self
+
+
+class CanarySection(Section):
+    """A periodic test message over each backup channel, so a channel that has rotted is found before the day
+    it is needed. Off with interval_s = 0."""
+
+    interval_s: float = Field(0, ge=0)
+    sms_to: str = ""  # empty: no SMS canary
+    email_to: str = ""
+
+    @field_validator("sms_to")
+    @classmethod
+    def _phone(cls, v: str) -> str:
+        return v and check_phone(v)
+
+    @field_validator("email_to")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        return v and check_email(v)
+
+    @model_validator(mode="after")
+    def _targets(self) -> Self:
+        if self.interval_s and not (self.sms_to or self.email_to):
+            raise ValueError("interval_s set, but neither sms_to nor email_to")
+        if self.interval_s and self.interval_s < 60:
+            raise ValueError("interval_s: at least 60 (a canary every few seconds is a flood, not a check)")
+        return self
+
+
+class TemplatesSection(Section):
+    """Replacements for the built-in texts; fields as in relay.render.FIELDS, e.g. {code}, {place}."""
+
+    sms: str | None = None
+    email_subject: str | None = None
+    email_text: str | None = None
+
+    @field_validator("sms", "email_subject", "email_text")
+    @classmethod
+    def _renders(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            check_template(info.field_name or "", v)
+        return v
+
+    def overrides(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class EscalationSection(Section):
+    ack_timeout_s: float = Field(10, gt=0)
+    repeat_s: float = Field(60, gt=0)
+    give_up_s: float = Field(900, gt=0)
+    # A publish that got no PUBACK is tried again this often while the alert is open.
+    retry_s: float = Field(5, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.give_up_s <= self.ack_timeout_s:
+            raise ValueError("give_up_s must be longer than ack_timeout_s")
+        return self
+
+
+class HasToken(Section):
+    id: str = Field(pattern=ID_PATTERN)
+    token: SecretStr | None = None
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("at least 16 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token or token_sha256")
+        return self
+
+    @property
+    def token_digest(self) -> str:
+        if self.token_sha256 is not None:
+            return self.token_sha256
+        assert self.token is not None
+        return hash_token(self.token.get_secret_value())
+
+
+class OperatorConfig(HasToken):
+    pass
+
+
+class EngineerConfig(HasToken):
+    """An on-call engineer: reads every alert (without the caller) and the audit trail; cannot ack or file."""
+
+
+class Area(Section):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_km: float = Field(gt=0, le=20_000)
+
+
+class DeskConfig(HasToken):
+    name: str = Field("", max_length=200)
+    sms: list[str] = Field(default_factory=list)
+    email: list[str] = Field(default_factory=list)
+    area: Area | None = None
+
+    @field_validator("sms")
+    @classmethod
+    def _e164(cls, v: list[str]) -> list[str]:
+        for number in v:
+            check_phone(number)
+        return v
+
+    @field_validator("email")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        for address in v:
+            check_email(address)
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    relay: RelaySection = RelaySection()
+    store: StoreSection = StoreSection()
+    http: HttpSection = HttpSection()
+    mqtt: MqttSection = MqttSection()
+    sms: SmsSection = SmsSection()
+    email: EmailSection = EmailSection()
+    escalation: EscalationSection = EscalationSection()
+    templates: TemplatesSection = TemplatesSection()
+    canary: CanarySection = CanarySection()
+    operators: list[OperatorConfig] = Field(default_factory=list)
+    desks: list[DeskConfig] = Field(default_factory=list)
+    engineers: list[EngineerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        for kind, ids in (("operators", [o.id for o in self.operators]), ("desks", [d.id for d in self.desks])):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: duplicate id {', '.join(dupes)}")
+        shared = sorted({o.id for o in self.operators} & {d.id for d in self.desks})
+        if shared:  # they are MQTT user names too: the broker's ACL tells them apart by name
+            raise ValueError(f"an operator and a desk share the id {', '.join(shared)}")
+        digests = [p.token_digest for p in [*self.operators, *self.desks, *self.engineers]]
+        if len(set(digests)) != len(digests):
+            raise ValueError("two operators or desks share one token")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content comes in as init values; the environment overrides it.
+        return env_settings, init_settings
+
+
+class ConfigError(Exception):
+    """Every problem found, each as `key.path: what is wrong`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """`path`, else `$RELAY_CONFIG`, else built-in defaults; raises ConfigError naming each bad key."""
+    if path is None:
+        path = os.environ.get("RELAY_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+
+
+def _describe(err: Any) -> str:
+    key = ""
+    for part in err["loc"]:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{key or '(top level)'}: {msg}"

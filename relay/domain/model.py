@@ -1,0 +1,227 @@
+"""The contract's report, and the relay's alert, delivery and ack, as the API shows them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from relay.domain.contacts import Phone
+from relay.domain.text import normalise
+
+MAX_FUTURE = timedelta(minutes=5)
+MAX_PAST = timedelta(hours=24)
+# A drone covers 2.5 to 3 km a minute: an older sighting is relayed, but flagged.
+STALE_AFTER = timedelta(minutes=10)
+
+
+class UavType(enum.StrEnum):
+    FIXED_WING = "fixed_wing"
+    MULTIROTOR = "multirotor"
+    HELICOPTER = "helicopter"
+    MISSILE_LIKE = "missile_like"
+    UNKNOWN = "unknown"
+
+
+class Movement(enum.StrEnum):
+    TRANSIT = "transit"
+    HOVERING = "hovering"
+    CIRCLING = "circling"
+    ERRATIC = "erratic"
+    UNKNOWN = "unknown"
+
+
+class Altitude(enum.StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    UNKNOWN = "unknown"
+
+
+class Speed(enum.StrEnum):
+    SLOW = "slow"
+    FAST = "fast"
+    UNKNOWN = "unknown"
+
+
+class Sound(enum.StrEnum):
+    PISTON = "piston"
+    ELECTRIC = "electric"
+    JET = "jet"
+    NONE = "none"
+    UNKNOWN = "unknown"
+
+
+class Perception(enum.StrEnum):
+    SEEN = "seen"
+    HEARD = "heard"
+    SEEN_AND_HEARD = "seen_and_heard"
+    UNKNOWN = "unknown"
+
+
+class ReportStatus(enum.StrEnum):
+    ACTUAL = "actual"
+    EXERCISE = "exercise"
+    TEST = "test"
+
+
+class Priority(enum.StrEnum):
+    FLASH = "flash"
+    IMMEDIATE = "immediate"
+    ROUTINE = "routine"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, str_strip_whitespace=True)
+
+
+def _one_line(v: object) -> object:
+    return normalise(v) if isinstance(v, str) else v
+
+
+def _lines(v: object) -> object:
+    return normalise(v, multiline=True) if isinstance(v, str) else v
+
+
+# Free text is normalised before its length is checked: what is stored, shown and compared for a replay is the
+# normalised text (CONTRACT.md, "Free text is normalised").
+Text = Annotated[str, BeforeValidator(_one_line)]
+MultilineText = Annotated[str, BeforeValidator(_lines)]
+
+
+class Location(_Strict):
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    accuracy_m: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    address: Text | None = Field(None, max_length=200)
+    district: Text | None = Field(None, max_length=100)
+
+
+class Caller(_Strict):
+    phone: Phone | None = None
+    name: Text | None = Field(None, max_length=100)
+
+
+class Report(_Strict):
+    """One sighting from one call, as a 112 operator flags it."""
+
+    report_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    observed_at: AwareDatetime
+    location: Location
+    uav_type: UavType = UavType.UNKNOWN
+    count: int = Field(1, ge=1, le=1000)
+    heading_deg: int | None = Field(None, ge=0, le=359)
+    bearing_deg: int | None = Field(None, ge=0, le=359)
+    movement: Movement = Movement.UNKNOWN
+    altitude: Altitude = Altitude.UNKNOWN
+    altitude_m: int | None = Field(None, ge=0, le=10_000)
+    speed: Speed = Speed.UNKNOWN
+    sound: Sound = Sound.UNKNOWN
+    perception: Perception = Perception.UNKNOWN
+    status: ReportStatus = ReportStatus.ACTUAL
+    priority: Priority = Priority.IMMEDIATE
+    caller: Caller | None = None
+    notes: MultilineText | None = Field(None, max_length=1000)
+
+    @field_validator("observed_at")
+    @classmethod
+    def _recent(cls, v: datetime, info: ValidationInfo) -> datetime:
+        now: datetime = (info.context or {}).get("now") or datetime.now(UTC)
+        if v > now + MAX_FUTURE:
+            raise ValueError("more than 5 minutes in the future (check the workstation clock)")
+        if v < now - MAX_PAST:
+            raise ValueError("more than 24 hours in the past")
+        return v
+
+    def is_stale(self, accepted_at: datetime) -> bool:
+        return accepted_at - self.observed_at > STALE_AFTER
+
+    def as_submitted(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def validate_report(body: bytes | str, now: datetime) -> Report:
+    return Report.model_validate_json(body, context={"now": now})
+
+
+# ---- what the API answers ------------------------------------------------------------------------------
+
+
+class DeliveryView(BaseModel):
+    desk_id: str
+    channel: str
+    target: str
+    state: str
+    attempts: int
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    error: str | None
+
+
+class AckView(BaseModel):
+    desk_id: str
+    channel: str
+    by: str
+    at: datetime
+    latency_s: float
+
+
+class AlertView(BaseModel):
+    alert_id: str
+    report_id: str
+    operator_id: str
+    short_code: str
+    state: str
+    priority: Priority
+    stale: bool
+    created_at: datetime
+    report: dict[str, Any]
+    desks: list[str]
+    deliveries: list[DeliveryView]
+    ack: AckView | None
+
+
+class AcceptedView(BaseModel):
+    alert_id: str
+    report_id: str
+    short_code: str
+    state: str
+    status_url: str
+    desks: list[str]
+
+
+class FieldProblem(BaseModel):
+    field: str
+    problem: str
+
+
+class ErrorView(BaseModel):
+    error: str
+    detail: Any = None
+
+
+class AckRequest(_Strict):
+    by: Text = Field("", max_length=100)
+
+
+class EventView(BaseModel):
+    """One alert state change, as SSE `data:` and `uav/events/{operator_id}` carry it (`ack` only once acked)."""
+
+    alert_id: str
+    report_id: str
+    operator_id: str
+    state: str
+    at: datetime
+    short_code: str
+    desks: list[str]
+    ack: AckView | None = None

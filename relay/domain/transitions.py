@@ -1,0 +1,170 @@
+"""The domain's decisions about deliveries and alerts, as pure functions on records (beside states.py).
+
+A store loads the rows, calls one of these, and saves what it returns: which state a send's outcome leads to, how
+far a receipt walks a delivery, who wins an ack, what a backup round re-arms. Every state change goes through
+`_to`, which checks it against the one state machine; no store and no other module decides these things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from relay.domain import short_code
+from relay.domain.records import AckRecord, AlertRecord, AttemptOutcome, DeliveryRecord
+from relay.domain.states import (
+    OPEN_ALERT_STATES,
+    AlertState,
+    DeliveryState,
+    alert_may,
+    check_alert,
+    check_delivery,
+    delivery_may,
+)
+
+_D = DeliveryState
+
+
+def _to(d: DeliveryRecord, state: DeliveryState, **changes: Any) -> DeliveryRecord:
+    check_delivery(d.state, state)
+    return replace(d, state=state, **changes)
+
+
+# ---- one delivery ------------------------------------------------------------------------------------------
+
+
+def attempt_started(d: DeliveryRecord, alert_state: AlertState) -> DeliveryRecord | None:
+    """The outbox step before a send: SENDING with one attempt more. For a closed alert a queued delivery is
+    cancelled instead (returned; the caller sends only SENDING ones); None: nothing changes."""
+    if alert_state not in OPEN_ALERT_STATES:
+        return _to(d, _D.CANCELLED) if d.state is _D.QUEUED else None
+    if not delivery_may(d.state, _D.SENDING):
+        return None
+    return _to(d, _D.SENDING, attempts=d.attempts + 1)
+
+
+def attempt_finished(
+    d: DeliveryRecord, alert_state: AlertState, outcome: AttemptOutcome, at: float, error: str | None
+) -> DeliveryRecord | None:
+    """How a send went decides the next state; None when the delivery was not being sent (cancelled meanwhile)."""
+    if d.state is _D.QUEUED:  # sent straight from the outbox row, without a separate SENDING commit
+        d = _to(d, _D.SENDING, attempts=d.attempts + 1)
+    elif d.state is not _D.SENDING:
+        return None
+    d = replace(d, attempted_at=at)
+    if outcome is AttemptOutcome.SENT:
+        # the first send's time stays: each repeat round is in the alert's history, not over this
+        return _to(d, _D.SENT, sent_at=d.sent_at or at, error=None)
+    if outcome is AttemptOutcome.FAILED:
+        return _to(d, _D.FAILED, error=error, permanent=True)
+    if outcome is AttemptOutcome.BROKE:
+        return _to(d, _D.FAILED, error=error, permanent=False)
+    if outcome is AttemptOutcome.RETRY and alert_state in OPEN_ALERT_STATES:
+        return _to(d, _D.QUEUED, error=error)
+    return _to(d, _D.CANCELLED, error=error)
+
+
+def replan_now(d: DeliveryRecord) -> bool:
+    """A send that failed (for now or for good) makes its alert due at once: fail over, or retry later."""
+    return d.state in (_D.QUEUED, _D.FAILED)
+
+
+# A receipt proves the message got there, even where our own record of sending it was lost (a publish that timed
+# out here but reached the broker after all): walk the rest of the way forward.
+_PATH_TO_DELIVERED: Mapping[DeliveryState, tuple[DeliveryState, ...]] = {
+    _D.QUEUED: (_D.SENDING, _D.SENT, _D.DELIVERED),
+    _D.SENDING: (_D.SENT, _D.DELIVERED),
+    _D.SENT: (_D.DELIVERED,),
+    _D.FAILED: (_D.DELIVERED,),
+}
+
+
+def receipt(d: DeliveryRecord, at: float) -> DeliveryRecord | None:
+    """The far end has it: DELIVERED, by the legal path; None if it already was (or was cancelled)."""
+    path = _PATH_TO_DELIVERED.get(d.state, ())
+    if not path:
+        return None
+    for step in path:
+        d = _to(d, step, attempts=d.attempts + (step is _D.SENDING))
+    return replace(d, sent_at=d.sent_at or at, delivered_at=at, error=None)
+
+
+def undelivered(d: DeliveryRecord, error: str | None) -> DeliveryRecord | None:
+    """A provider says it never arrived; a late 'failed' after 'delivered' changes nothing."""
+    return _to(d, _D.FAILED, error=error) if delivery_may(d.state, _D.FAILED) else None
+
+
+def cancel_queued(deliveries: Sequence[DeliveryRecord]) -> list[DeliveryRecord]:
+    """An ack or a give-up stops every send that has not started."""
+    return [_to(d, _D.CANCELLED) for d in deliveries if d.state is _D.QUEUED]
+
+
+# ---- a backup round ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    created: list[DeliveryRecord]  # deliveries this round adds (a desk's target seen for the first time)
+    changed: list[DeliveryRecord]  # every delivery whose row changes, the created ones included
+    to_send: list[DeliveryRecord]  # the ones now SENDING (the outbox step done)
+
+
+def backup_round(
+    existing: Mapping[str, DeliveryRecord], wanted: Sequence[DeliveryRecord], opted_out: Collection[tuple[str, str]],
+    at: float,
+) -> Round:
+    """Every wanted target re-armed, except one that failed for good (a bad number stays failed), one still being
+    sent (never twice at once), and one whose owner opted out (`(channel, target)` pairs: a phone that replied
+    STOP) which is failed for good with why."""
+    created: list[DeliveryRecord] = []
+    changed: list[DeliveryRecord] = []
+    to_send: list[DeliveryRecord] = []
+    for w in wanted:
+        d = existing.get(w.delivery_id)
+        if d is None:
+            created.append(w)
+            d = w
+        if d.permanent or not delivery_may(d.state, _D.SENDING):
+            continue
+        started = _to(d, _D.SENDING, attempts=d.attempts + 1)
+        if (d.channel, d.target) in opted_out:
+            changed.append(_to(started, _D.FAILED, permanent=True, attempted_at=at,
+                               error="rejected: the phone replied STOP; START re-enables it"))
+            continue
+        changed.append(started)
+        to_send.append(started)
+    return Round(created, changed, to_send)
+
+
+# ---- an alert ----------------------------------------------------------------------------------------------
+
+
+def delivered(alert: AlertRecord) -> AlertRecord | None:
+    """A desk's console or phone has it; None if that changes nothing (already delivered, or closed)."""
+    return replace(alert, state=AlertState.DELIVERED) if alert_may(alert.state, AlertState.DELIVERED) else None
+
+
+def acknowledged(alert: AlertRecord, ack: AckRecord) -> AlertRecord | None:
+    """The first ack closes the alert and stops its timers; None for a later one (kept as a duplicate)."""
+    if alert.ack is not None:
+        return None
+    check_alert(alert.state, AlertState.ACKNOWLEDGED)
+    return replace(alert, state=AlertState.ACKNOWLEDGED, ack=ack, next_action_at=None)
+
+
+def given_up(alert: AlertRecord) -> AlertRecord | None:
+    """Nobody acknowledged in time: `unacknowledged`, timers stopped; None if it was not open."""
+    if not alert_may(alert.state, AlertState.UNACKNOWLEDGED):
+        return None
+    return replace(alert, state=AlertState.UNACKNOWLEDGED, next_action_at=None)
+
+
+def free_short_code(wanted: str, taken: Callable[[str], bool]) -> str:
+    """`wanted`, or another code no open alert holds (longer codes once the short ones get crowded)."""
+    code = wanted
+    for attempt in range(60):
+        if not taken(code):
+            return code
+        code = short_code.new_code(min(short_code.MAX_LENGTH, short_code.MIN_LENGTH + attempt // 20))
+    raise RuntimeError("no free short code found")

@@ -1,0 +1,1 @@
+"""The edges: the HTTP API and consoles, MQTT intake and events, authentication and rate limits."""

@@ -1,0 +1,237 @@
+"""The sending side: takes deliveries the engine decided on, renders them for their channel, sends, records.
+
+Every send follows the outbox order: the delivery was committed (queued, or marked sending) before it gets
+here; its outcome is committed after. A failed send's outcome makes its alert due now, in the same commit, and
+the scheduler (the one planner) decides the failover or the retry.
+Each send is a job (relay/jobs.py): whatever rendering or a channel raises fails that delivery, with the reason,
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from channels.base import HealthState, Outgoing, SendResult
+from relay.domain import render
+from relay.domain.clock import Clock
+from relay.domain.records import AlertRecord, AttemptOutcome, DeliveryRecord
+from relay.domain.states import OPEN_ALERT_STATES
+from relay.domain.topics import Topics
+from relay.engine.ack_links import AckLinkSigner
+from relay.engine.jobs import JobKind, Jobs
+from relay.engine.metrics import Metrics
+from relay.engine.plug_board import Form, Plug
+from relay.engine.sms_bundler import SmsBundler, SmsItem
+from relay.engine.tasks import stop_if_cancelled
+from relay.store.base import Store
+
+log = logging.getLogger("relay.dispatch")
+
+# Each channel has its own queue and workers (Plug.workers): a slow e-mail server (every unacknowledged alert
+# sends a round of e-mail every repeat) must never hold a console's alert behind it.
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    alert: AlertRecord
+    delivery: DeliveryRecord
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        plugs: Sequence[Plug],
+        renderer: render.Renderer,
+        topics: Topics,
+        clock: Clock,
+        metrics: Metrics,
+        bundle_window_s: float,
+        ack_links: AckLinkSigner,
+        public_url: str,
+        poke: asyncio.Event,
+        jobs: Jobs,
+    ) -> None:
+        self._store, self._render, self._jobs = store, renderer, jobs
+        self._plugs = {p.name: p for p in plugs}
+        self._topics, self._clock, self._metrics = topics, clock, metrics
+        self._ack_links, self._public_url, self._poke = ack_links, public_url, poke
+        self._queues: dict[str, asyncio.Queue[_Job]] = {p.name: asyncio.Queue() for p in plugs if not p.bundled}
+        self._in_flight: set[str] = set()  # delivery ids queued here or being sent
+        self._bundlers = {
+            p.name: SmsBundler(bundle_window_s, functools.partial(self._send_bundle, p), clock)
+            for p in plugs if p.bundled
+        }
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Sends submitted inside leave together when it ends (one bundle per target for a scheduler pass)."""
+        with contextlib.ExitStack() as stack:
+            for bundler in self._bundlers.values():
+                stack.enter_context(bundler.together())
+            yield
+
+    def submit(self, alert: AlertRecord, deliveries: list[DeliveryRecord]) -> None:
+        for d in deliveries:
+            if d.delivery_id in self._in_flight:
+                continue
+            self._in_flight.add(d.delivery_id)
+            if d.channel in self._bundlers:
+                self._bundlers[d.channel].add(SmsItem(alert, d))
+            else:
+                self._queues[d.channel].put_nowait(_Job(alert, d))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for name, queue in self._queues.items():
+                for _ in range(self._plugs[name].workers):
+                    tg.create_task(self._worker(queue))
+            for bundler in self._bundlers.values():
+                tg.create_task(bundler.run())
+
+    async def drain(self, within_s: float) -> bool:
+        """Wait until every send handed over so far has finished, at most `within_s`; False if some did not."""
+        try:
+            async with asyncio.timeout(within_s):
+                for queue in self._queues.values():
+                    await queue.join()
+                for bundler in self._bundlers.values():
+                    await bundler.idle()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _worker(self, queue: asyncio.Queue[_Job]) -> None:
+        while True:
+            stop_if_cancelled()
+            job = await queue.get()
+            alert, d = job.alert, job.delivery
+            try:
+                await self._jobs.run(
+                    JobKind.DELIVERY, functools.partial(self._send, alert, d), alert_id=alert.alert_id,
+                    on_failure=functools.partial(self._failed, [d]),
+                    delivery_id=d.delivery_id, channel=d.channel,
+                )
+            finally:
+                self._in_flight.discard(d.delivery_id)
+                queue.task_done()
+
+    async def _failed(self, deliveries: list[DeliveryRecord], detail: str) -> None:
+        """Deliveries whose send raised: failed for good with the reason (a restart must not replay them into
+        the same error; the next backup round tries them afresh), the channel's health told, failover planned."""
+        now = self._clock.now()
+        health = self._plugs[deliveries[0].channel].health
+        if health.state is HealthState.UP:
+            health.set(HealthState.DEGRADED, f"a send failed: {detail}")
+        for d in deliveries:
+            recorded = await self._store.finish_attempt(d.delivery_id, AttemptOutcome.BROKE, now, error=detail)
+            if recorded is None:
+                continue  # its outcome was recorded before the error, or the alert closed meanwhile
+            self._metrics.deliveries.labels(d.channel, "unexpected").inc()
+            self._in_flight.discard(d.delivery_id)
+        self._poke.set()  # the store made their alerts due now: the scheduler plans the failover or the retry
+
+    async def _send(self, alert: AlertRecord, d: DeliveryRecord) -> None:
+        plug = self._plugs[d.channel]
+        if plug.form is Form.CONSOLE:
+            msg = Outgoing(
+                key=alert.alert_id, target=d.target, expiry_s=plug.expiry_s,
+                body=render.mqtt_alert(alert, d.desk_id, self._topics.acks(d.desk_id)),
+            )
+        else:
+            if not await self._still_open(alert.alert_id):  # acked while this waited for a worker: not sent
+                await self._store.finish_attempt(d.delivery_id, AttemptOutcome.CANCELLED, self._clock.now())
+                return
+            url = f"{self._public_url}/ack/{self._ack_links.token(alert.alert_id, d.desk_id, self._clock.now())}"
+            msg = Outgoing(
+                key=d.delivery_id, target=d.target, subject=self._render.email_subject(alert),
+                body=self._render.email_text(alert, url).encode(), html=self._render.email_html(alert, url),
+            )
+        await self._record(alert, d, await self._deliver(d.channel, msg))
+
+    async def _send_bundle(self, plug: Plug, target: str, items: list[SmsItem]) -> None:
+        try:
+            await self._jobs.run(
+                JobKind.DELIVERY, lambda: self._send_texts(plug, target, items),
+                alert_id=",".join(i.alert.alert_id for i in items),
+                on_failure=functools.partial(self._failed, [i.delivery for i in items]),
+                channel=plug.name,
+            )
+        finally:
+            for item in items:
+                self._in_flight.discard(item.delivery.delivery_id)
+
+    async def _send_texts(self, plug: Plug, target: str, items: list[SmsItem]) -> None:
+        """One target's texts: what is still open goes out, bundled when several; what was acked meanwhile is not."""
+        still_open = []
+        for item in items:
+            if await self._still_open(item.alert.alert_id):
+                still_open.append(item)
+            else:
+                await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
+                                                 self._clock.now())
+        if len(still_open) > 1:
+            still_open = await self._renderable(plug, still_open)
+        if not still_open:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
+            return
+        by_alert = {i.alert.alert_id: i for i in still_open}
+        for text, alerts in self._render.sms_batches([i.alert for i in still_open]):
+            batch = [by_alert[a.alert_id] for a in alerts]
+            msg = Outgoing(
+                key=",".join(i.delivery.delivery_id for i in batch), target=target, body=text.encode(),
+                expiry_s=plug.expiry_s,
+            )
+            result = await self._deliver(plug.name, msg)
+            for i in batch:
+                await self._record(i.alert, i.delivery, result)
+
+    async def _renderable(self, plug: Plug, items: list[SmsItem]) -> list[SmsItem]:
+        """The items whose alert renders on its own: one that cannot must not take a bundle's others with it."""
+        ok = []
+        for item in items:
+            try:
+                self._render.sms(item.alert)
+            except Exception as exc:  # noqa: BLE001 - counted and recorded by jobs.failed, the delivery failed
+                detail = self._jobs.failed(JobKind.DELIVERY, exc, alert_id=item.alert.alert_id, channel=plug.name)
+                await self._failed([item.delivery], detail)
+                continue
+            ok.append(item)
+        return ok
+
+    async def _still_open(self, alert_id: str) -> bool:
+        current = await self._store.get_alert(alert_id)
+        return current is not None and current.state in OPEN_ALERT_STATES
+
+    async def _deliver(self, channel: str, msg: Outgoing) -> SendResult:
+        started = time.perf_counter()
+        result = await self._plugs[channel].channel.send(msg)
+        self._metrics.channel_send_seconds.labels(channel).observe(time.perf_counter() - started)
+        return result
+
+    async def _record(self, alert: AlertRecord, d: DeliveryRecord, result: SendResult) -> None:
+        now = self._clock.now()
+        ctx = {"alert_id": alert.alert_id, "desk_id": d.desk_id, "channel": d.channel, "target": d.target}
+        if result.ok:
+            await self._store.finish_attempt(d.delivery_id, AttemptOutcome.SENT, now)
+            latency = max(0.0, now - alert.created_at)
+            if d.attempts <= 1:  # the first time this delivery got out: the latency the contract measures
+                self._metrics.delivery_seconds.labels(d.channel).observe(latency)
+            self._metrics.deliveries.labels(d.channel, "sent").inc()
+            self._metrics.channel_last_success.labels(d.channel).set(now)
+            log.info("delivery sent", extra={"event": "delivery_sent", **ctx, "latency_s": round(latency, 4),
+                                             "provider_ref": result.provider_ref})
+            return
+        reason = result.reason.value if result.reason else "unknown"
+        outcome = AttemptOutcome.FAILED if result.permanent else AttemptOutcome.RETRY
+        await self._store.finish_attempt(d.delivery_id, outcome, now, error=f"{reason}: {result.detail}")
+        self._metrics.deliveries.labels(d.channel, reason).inc()
+        log.warning("delivery failed", extra={"event": "delivery_failed", **ctx, "reason": reason,
+                                              "detail": result.detail, "permanent": result.permanent})
+        self._in_flight.discard(d.delivery_id)
+        self._poke.set()  # the store made the alert due now: the scheduler plans the failover or the retry

@@ -1,0 +1,175 @@
+"""`relay test-channels`: a marked test message over each configured channel to each desk, and what came of it.
+
+Run beside the daemon (its own MQTT client id, no session left behind). The daemon ignores the consoles'
+replies to these messages: their ids start with TEST_PREFIX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, replace
+
+from channels.base import Channel, Inbound, InboundKind, Outgoing
+from channels.email import SmtpEmailChannel
+from channels.mqtt import MqttChannel
+from channels.sms import TwilioSmsChannel
+from relay.domain import render
+from relay.domain.clock import to_datetime
+from relay.domain.config import Settings
+from relay.domain.model import Priority
+from relay.domain.records import AlertRecord
+from relay.domain.states import AlertState
+from relay.domain.topics import Topics
+from relay.engine.engine import CHANNEL_TEST_PREFIX
+from relay.operations.daemon import mqtt_settings, smtp_settings, twilio_settings
+
+TEST_PREFIX = CHANNEL_TEST_PREFIX
+TEST_TEXT = "ТЕСТ канала связи uav-relay. Это проверка, не тревога; отвечать не нужно."
+
+
+@dataclass
+class Result:
+    channel: str
+    desk: str
+    target: str
+    accepted: bool = False
+    delivered: bool | None = None  # None: this channel cannot tell
+    acked: bool | None = None
+    latency_s: float | None = None  # until accepted; for MQTT until the console said received
+    detail: str = ""
+
+
+class _Replies:
+    def __init__(self) -> None:
+        self.heard: dict[tuple[str, str], set[InboundKind]] = {}
+        self.changed = asyncio.Event()
+        self.at: dict[tuple[str, str], float] = {}
+
+    async def on_inbound(self, inbound: Inbound) -> None:
+        key = (inbound.ref, inbound.sender)
+        self.heard.setdefault(key, set()).add(inbound.kind)
+        self.at.setdefault(key, time.monotonic())
+        self.changed.set()
+
+    async def on_rejected_inbound(self, channel: str, sender: str, problem: str) -> None:
+        return None
+
+
+async def run_channel_test(settings: Settings, wait_s: float = 20.0) -> list[Result]:
+    topics = Topics(settings.mqtt.topic_prefix)
+    mqtt_cfg = replace(mqtt_settings(settings, topics), client_id=f"{settings.mqtt.client_id}-selftest",
+                       session_expiry_s=0, status_topic=f"{topics.prefix}/relay/{settings.mqtt.client_id}-selftest"
+                       "/status")
+    mqtt = MqttChannel(mqtt_cfg)
+    replies = _Replies()
+    mqtt.listen(replies)
+    channels: list[Channel] = [mqtt]
+    sms = TwilioSmsChannel(twilio_settings(settings)) if settings.sms.enabled else None
+    email = SmtpEmailChannel(smtp_settings(settings)) if settings.email.enabled else None
+    channels += [c for c in (sms, email) if c is not None]
+    results: list[Result] = []
+    async with asyncio.TaskGroup() as tg:
+        runners = [tg.create_task(c.run()) for c in channels]
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await mqtt.health.wait_up()
+            results = await _run_tests(settings, topics, mqtt, replies, sms, email, wait_s)
+        finally:
+            for r in runners:
+                r.cancel()
+    return results
+
+
+async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, replies: _Replies,
+                     sms: TwilioSmsChannel | None, email: SmtpEmailChannel | None, wait_s: float) -> list[Result]:
+    now = time.time()
+    results: list[Result] = []
+    sends: list[tuple[Result, Channel, Outgoing]] = []
+    for desk in settings.desks:
+        ref = f"{TEST_PREFIX}{secrets.token_hex(6)}"
+        record = AlertRecord(
+            alert_id=ref, report_id=ref, operator_id="self-test", short_code="TEST", state=AlertState.PENDING,
+            priority=Priority.ROUTINE, stale=False, created_at=now, desks=(desk.id,),
+            report={"report_id": ref, "observed_at": render_time(now), "location": {"lat": 0, "lon": 0},
+                    "status": "test", "notes": TEST_TEXT},
+        )
+        body = render.mqtt_alert(record, desk.id, topics.acks(desk.id))
+        sends.append((Result("mqtt", desk.id, topics.alerts(desk.id)), mqtt,
+                      Outgoing(ref, topics.alerts(desk.id), body, expiry_s=int(wait_s))))
+        if sms is not None:
+            sends += [(Result("sms", desk.id, phone), sms, Outgoing(ref, phone, TEST_TEXT.encode(), expiry_s=600))
+                      for phone in desk.sms]
+        if email is not None:
+            sends += [(Result("email", desk.id, address), email, Outgoing(
+                ref, address, f"{TEST_TEXT}\n\n{render_time(now)}".encode(),
+                subject="[БПЛА] ТЕСТ канала e-mail (не тревога)")) for address in desk.email]
+
+    async def one(result: Result, channel: Channel, msg: Outgoing) -> None:
+        started = time.monotonic()
+        sent = await channel.send(msg)
+        result.accepted = sent.ok
+        result.latency_s = time.monotonic() - started
+        result.detail = sent.detail or (sent.provider_ref or "")
+        if sent.ok and result.channel == "mqtt":
+            await _wait_console(result, msg.key, replies, wait_s, started)
+        elif sent.ok and result.channel == "sms" and isinstance(channel, TwilioSmsChannel) and sent.provider_ref:
+            await _wait_carrier(result, channel, sent.provider_ref, wait_s)
+
+    async with asyncio.TaskGroup() as tg:
+        for result, channel, msg in sends:
+            results.append(result)
+            tg.create_task(one(result, channel, msg))
+    return results
+
+
+async def _wait_console(result: Result, ref: str, replies: _Replies, wait_s: float, started: float) -> None:
+    key = (ref, result.desk)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait_s):
+            while InboundKind.RECEIVED not in replies.heard.get(key, set()):
+                replies.changed.clear()
+                await replies.changed.wait()
+    heard = replies.heard.get(key, set())
+    result.delivered = InboundKind.RECEIVED in heard
+    result.acked = InboundKind.ACK in heard
+    if result.delivered:
+        result.latency_s = replies.at[key] - started
+    else:
+        result.detail = f"no 'received' from the console within {wait_s:g} s"
+
+
+async def _wait_carrier(result: Result, sms: TwilioSmsChannel, sid: str, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    status = "unknown"
+    while time.monotonic() < deadline:
+        try:
+            status = await sms.fetch_status(sid)
+        except Exception as exc:  # noqa: BLE001 - a report of what happened, not a reason to stop the others
+            result.detail = f"status not readable: {exc}"
+            return
+        if status in ("delivered", "undelivered", "failed"):
+            break
+        await asyncio.sleep(1.0)  # Twilio's status moves on its own time; polled, with a deadline
+    result.delivered = status == "delivered" if status in ("delivered", "undelivered", "failed") else None
+    result.detail = f"{sid}: {status}"
+
+
+def render_time(t: float) -> str:
+    return to_datetime(t).isoformat()
+
+
+def table(results: list[Result]) -> str:
+    def mark(v: bool | None) -> str:
+        return "-" if v is None else ("yes" if v else "NO")
+
+    rows = [("channel", "desk", "target", "accepted", "delivered", "acked", "latency", "detail")]
+    for r in results:
+        latency = f"{r.latency_s * 1000:.0f} ms" if r.latency_s is not None else "-"
+        rows.append((r.channel, r.desk, r.target, mark(r.accepted), mark(r.delivered), mark(r.acked), latency,
+                     r.detail[:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)

@@ -1,0 +1,43 @@
+"""What a valid config may still get wrong, which only a send would show: said before the first alert needs it.
+
+`relay check-config` prints these and `relay run` logs them at start. Whether the SMTP server really offers
+STARTTLS, AUTH and SMTPUTF8 is a fact about the server, not the file: `relay test-channels` asks the server.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from relay.domain.config import Settings
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def config_warnings(s: Settings) -> list[str]:
+    found: list[str] = []
+    backups = [name for name, on in (("sms", s.sms.enabled), ("email", s.email.enabled)) if on]
+    if s.email.enabled:
+        if s.email.starttls:
+            found.append("email.starttls: the SMTP server must offer STARTTLS, or every e-mail fails "
+                         "(relay test-channels checks it)")
+        if s.email.username:
+            found.append("email.username: the SMTP server must offer AUTH, or every e-mail fails "
+                         "(relay test-channels checks it)")
+            if not (s.email.starttls or s.email.tls):
+                found.append("email.username: the login would cross the network unencrypted; set starttls or tls")
+        for n, desk in enumerate(s.desks):
+            for address in desk.email:
+                if not address.isascii():
+                    found.append(f"desks[{n}].email: {address!r} has non-ASCII characters: the SMTP server must "
+                                 "offer SMTPUTF8, or e-mail to it fails (relay test-channels checks it)")
+        if not s.email.from_address.isascii():
+            found.append("email.from_address: non-ASCII: the SMTP server must offer SMTPUTF8")
+    if s.sms.enabled and urlsplit(s.http.public_url).hostname in _LOOPBACK:
+        found.append("http.public_url: a loopback address: the SMS provider cannot reach it, so SMS receipts and "
+                     "SMS replies (acks) will never arrive")
+    if backups:
+        for n, desk in enumerate(s.desks):
+            if not ((s.sms.enabled and desk.sms) or (s.email.enabled and desk.email)):
+                found.append(f"desks[{n}]: no {' or '.join(backups)} target: while MQTT is down this desk "
+                             "gets nothing")
+    return found

@@ -1,0 +1,267 @@
+"""Wires the relay together and runs it under one TaskGroup, until told to stop; then drains and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from zoneinfo import ZoneInfo
+
+from channels.base import Channel
+from channels.email import SmtpEmailChannel, SmtpSettings
+from channels.mqtt import MqttChannel, MqttSettings
+from channels.sms import TwilioReceiver, TwilioSettings, TwilioSmsChannel
+from relay.domain.clock import Clock, SystemClock
+from relay.domain.config import Settings
+from relay.domain.escalation import Policy
+from relay.domain.render import Renderer
+from relay.domain.routing import Desk
+from relay.domain.topics import Topics
+from relay.edges.api.context import ApiContext
+from relay.edges.api.failures import AuthGuard, FailureTrail
+from relay.edges.api.server import HttpLimits, HttpServer
+from relay.edges.auth import Authenticator
+from relay.edges.mqtt_events import MqttEventPublisher
+from relay.edges.mqtt_intake import MqttReportIntake
+from relay.edges.ratelimit import RateLimiter
+from relay.engine.ack_links import AckLinkSigner, load_or_create_key
+from relay.engine.dispatch import Dispatcher
+from relay.engine.engine import Engine
+from relay.engine.events import EventBus
+from relay.engine.intake import Intake
+from relay.engine.jobs import JobKind, Jobs
+from relay.engine.metrics import Metrics
+from relay.engine.plug_board import Form, Plug
+from relay.engine.sms_replies import SmsReplies
+from relay.operations.canary import Canary
+from relay.operations.retention import Retention
+from relay.operations.systemd import Notifier
+from relay.store.base import StoreUnavailable
+from relay.store.sqlite import SQLiteStore
+
+log = logging.getLogger("relay.daemon")
+
+# SIGTERM/SIGINT: in-flight sends get this long to finish; whatever is left stays queued on disk.
+DRAIN_S = 5.0
+
+
+def twilio_settings(settings: Settings) -> TwilioSettings:
+    sms = settings.sms
+    return TwilioSettings(
+        account_sid=sms.account_sid,
+        auth_token=sms.auth_token.get_secret_value(),
+        from_number=sms.from_number,
+        api_base_url=sms.api_base_url,
+        status_callback_url=f"{settings.http.public_url}/webhooks/twilio/status",
+        timeout_s=sms.timeout_s,
+    )
+
+
+def smtp_settings(settings: Settings) -> SmtpSettings:
+    e = settings.email
+    return SmtpSettings(
+        host=e.host,
+        port=e.port,
+        from_address=e.from_address,
+        starttls=e.starttls,
+        tls=e.tls,
+        username=e.username or None,
+        password=e.password.get_secret_value() or None,
+        ca_file=str(e.ca_file) if e.ca_file else None,
+        timeout_s=e.timeout_s,
+    )
+
+
+def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
+    m = settings.mqtt
+    return MqttSettings(
+        host=m.host,
+        port=m.port,
+        client_id=m.client_id,
+        reply_filter=topics.acks_filter,
+        status_topic=topics.status(m.client_id),
+        username=m.username or None,
+        password=m.password.get_secret_value() or None,
+        tls=m.tls,
+        ca_file=str(m.ca_file) if m.ca_file else None,
+        cert_file=str(m.cert_file) if m.cert_file else None,
+        key_file=str(m.key_file) if m.key_file else None,
+        keepalive_s=m.keepalive_s,
+        publish_timeout_s=m.publish_timeout_s,
+        session_expiry_s=m.session_expiry_s,
+        reconnect_max_s=m.reconnect_max_s,
+        protocol=m.protocol,
+    )
+
+
+def plugs(
+    topics: Topics, mqtt: Channel, sms: Channel | None, email: Channel | None, *, give_up_s: float,
+    sms_validity_s: int,
+) -> tuple[Plug, list[Plug]]:
+    """The plug board: the one place that says which channel is what (CONTRACT.md's escalation rule)."""
+    primary = Plug(mqtt, Form.CONSOLE, lambda desk: [topics.alerts(desk.id)], workers=64,
+                   expiry_s=int(give_up_s))  # an alert nobody acked by give-up is not news any more
+    backups = []
+    if sms is not None:
+        backups.append(Plug(sms, Form.TEXT, lambda desk: desk.sms, expiry_s=sms_validity_s))
+    if email is not None:
+        backups.append(Plug(email, Form.LETTER, lambda desk: desk.email, workers=16))
+    return primary, backups
+
+
+class Relay:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.ready = asyncio.Event()
+        self.http_port: int | None = None
+        self.metrics = Metrics()
+        self.engine: Engine | None = None
+        self.store: SQLiteStore | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        topics = Topics(s.mqtt.topic_prefix)
+        store = self.store = await SQLiteStore.open(s.store.sqlite_path)
+        bus = EventBus()
+        desks = [Desk.from_config(d) for d in s.desks]
+        now = self.clock.now
+        mqtt = MqttChannel(mqtt_settings(s, topics), now)
+        sms = TwilioSmsChannel(twilio_settings(s), now) if s.sms.enabled else None
+        email = SmtpEmailChannel(smtp_settings(s), now) if s.email.enabled else None
+        backups: list[Channel] = [c for c in (sms, email) if c is not None]
+        primary, backup_plugs = plugs(topics, mqtt, sms, email, give_up_s=s.escalation.give_up_s,
+                                      sms_validity_s=s.sms.validity_period_s or int(s.escalation.repeat_s))
+        renderer = Renderer(ZoneInfo(s.relay.timezone), s.templates.overrides())
+        ack_links = AckLinkSigner(
+            load_or_create_key(s.http.ack_link_key.get_secret_value(), s.relay.data_dir), s.http.ack_link_ttl_s
+        )
+        jobs = Jobs(self.metrics)
+        poke = asyncio.Event()  # a due time stored earlier than the scheduler's next look (a failed send)
+
+        async def store_writable() -> bool:
+            try:
+                await store.check_writable()
+            except StoreUnavailable:
+                return False
+            return True
+
+        dispatcher = Dispatcher(
+            store=store,
+            plugs=[primary, *backup_plugs],
+            renderer=renderer,
+            topics=topics,
+            clock=self.clock,
+            metrics=self.metrics,
+            bundle_window_s=s.sms.bundle_window_s,
+            ack_links=ack_links,
+            public_url=s.http.public_url,
+            poke=poke,
+            jobs=jobs,
+        )
+        engine = self.engine = Engine(
+            store=store,
+            desks=desks,
+            policy=Policy(
+                ack_timeout_s=s.escalation.ack_timeout_s,
+                repeat_s=s.escalation.repeat_s,
+                give_up_s=s.escalation.give_up_s,
+                retry_s=s.escalation.retry_s,
+                backups=frozenset(c.name for c in backups),
+            ),
+            clock=self.clock,
+            bus=bus,
+            metrics=self.metrics,
+            topics=topics,
+            primary=primary,
+            backups=backup_plugs,
+            dispatcher=dispatcher,
+            jobs=jobs,
+            poke=poke,
+        )
+        auth = Authenticator(s.operators, s.desks, s.engineers)
+        intake = Intake(engine, self.clock, self.metrics)
+        limiter = RateLimiter(s.http.rate_per_s, s.http.rate_burst)
+        report_intake = MqttReportIntake(intake, mqtt, topics, auth.operator_ids, limiter, self.clock)
+        mqtt.listen(engine, {topics.reports_filter: jobs.contain(
+            JobKind.INBOUND, report_intake.on_report, lambda m: {"topic": m.topic[:200]}
+        )})
+        self.metrics.channel_up.labels(mqtt.name).set(0)
+        for channel in backups:
+            self.metrics.channel_up.labels(channel.name).set(1)
+        self.metrics.watch_open_alerts(lambda: engine.open_alerts)
+        self.metrics.store_up.set_function(lambda: 1 if store.last_error is None else 0)
+        trail = FailureTrail(store, self.clock)
+        h = s.http
+        http = HttpServer(
+            ApiContext(
+                public_url=s.http.public_url,
+                auth=auth,
+                limiter=limiter,
+                intake=intake,
+                engine=engine,
+                store=store,
+                bus=bus,
+                metrics=self.metrics,
+                clock=self.clock,
+                channels=[c.health for c in (mqtt, *backups)],
+                renderer=renderer,
+                ack_links=ack_links,
+                # The wiring names the providers: /webhooks/twilio/... goes to the SMS channel's receiver.
+                receivers={"twilio": TwilioReceiver(s.sms.auth_token.get_secret_value())} if sms else {},
+                replies=SmsReplies(engine, store, desks, self.clock, self.metrics),
+            ),
+            h.host,
+            h.port,
+            AuthGuard(h.anon_rate_per_s, h.anon_burst, trail, self.metrics, self.clock),
+            HttpLimits(header_timeout_s=h.header_timeout_s, max_connections=h.max_connections,
+                       max_streams_per_token=h.max_streams_per_token),
+        )
+        if not s.operators or not s.desks:
+            log.warning(
+                "no operators or no desks configured: reports cannot be filed or go nowhere",
+                extra={"event": "config_empty", "operators": len(s.operators), "desks": len(s.desks)},
+            )
+
+        async with asyncio.TaskGroup() as tg:
+            store_task = tg.create_task(store.run(), name="store")
+            housekeeping = [
+                tg.create_task(trail.run(), name="auth_failures"),
+                tg.create_task(Retention(store, self.clock, s.store.retention_days).run(), name="retention"),
+            ]
+            # A channel (or the canary, or the event publisher) that raises is restarted after a pause: that
+            # channel is down for a moment, the relay is not.
+            mqtt_task = tg.create_task(jobs.supervise("mqtt", mqtt.run), name="mqtt")
+            backup_tasks = [tg.create_task(jobs.supervise(c.name, c.run), name=c.name) for c in backups]
+            canary_targets: dict[Channel, str] = {
+                c: t for c, t in ((sms, s.canary.sms_to), (email, s.canary.email_to)) if c is not None and t
+            }
+            canary = Canary(canary_targets, s.canary.interval_s, self.clock, self.metrics)
+            backup_tasks.append(tg.create_task(jobs.supervise("canary", canary.run), name="canary"))
+            engine_task = tg.create_task(engine.run(), name="engine")
+            dispatch_task = tg.create_task(dispatcher.run(), name="dispatch")
+            events = MqttEventPublisher(bus, mqtt, topics, self.metrics)
+            events_task = tg.create_task(jobs.supervise("events", events.run), name="events")
+            await http.start()
+            self.http_port = http.port
+            self.ready.set()
+            notifier = Notifier()
+            notifier.send("READY=1\nSTATUS=relaying")
+            watchdog_task = tg.create_task(notifier.watchdog(store_writable), name="watchdog")
+            log.info("relay running", extra={"event": "relay_started", "port": http.port})
+            await stop.wait()
+
+            notifier.send("STOPPING=1")
+            watchdog_task.cancel()
+            log.info("stopping: intake closed, draining sends", extra={"event": "relay_stopping"})
+            await http.stop()
+            drained = await dispatcher.drain(DRAIN_S)
+            log.info("drained" if drained else "drain timed out: the rest stays queued on disk",
+                     extra={"event": "relay_drained", "complete": drained})
+            for task in housekeeping:  # after the HTTP stop, so the last failures counted are written
+                task.cancel()
+                await asyncio.wait([task])
+            # the store last: what the others still write is committed
+            for task in (engine_task, dispatch_task, events_task, *backup_tasks, mqtt_task, store_task):
+                task.cancel()
+                await asyncio.wait([task])
+        log.info("relay stopped", extra={"event": "relay_stopped"})
