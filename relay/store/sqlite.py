@@ -101,7 +101,11 @@ def _read_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, An
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        # Writes wait here until the writer's next flush: one plain loop callback (not a task woken through a
+        # queue) takes everything queued by then into one commit.
+        self._pending: list[_Write] = []
+        self._flush_scheduled = False
+        self._running = False
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._synchronous = ""
@@ -132,23 +136,34 @@ class SQLiteStore:
     # ---- the writer ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._running = True
+        # The flushes run as loop callbacks (see `_write`); one that raised ends the writer here, as it would have
+        # ended a writer task.
+        self._broken = asyncio.get_running_loop().create_future()
         try:
-            while True:
-                batch = [await self._queue.get()]
-                while len(batch) < MAX_BATCH and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                self._commit(batch)
+            self._flush()  # what was queued before the writer started
+            await self._broken
         finally:
             self._closed = True
-            batch = []
-            while not self._queue.empty():  # what was queued before the stop is still committed
-                batch.append(self._queue.get_nowait())
-            if batch:
-                self._commit(batch)
+            self._running = False
+            while self._pending:  # what was queued before the stop is still committed
+                self._flush()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
             self._close_readers()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                self._commit(batch)
+            except BaseException as exc:
+                if self._broken is None or self._broken.done() or not self._running:
+                    raise
+                self._broken.set_exception(exc)
+                return
 
     def _commit(self, batch: list[_Write]) -> None:
         results = self._run_batch([w.op for w in batch], any(w.durable for w in batch))
@@ -171,6 +186,18 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA synchronous={synchronous}")
                 self._synchronous = synchronous
             conn.execute("BEGIN IMMEDIATE")
+            if len(ops) == 1:  # alone in its batch: a failed op rolls back the transaction, no savepoint needed
+                try:
+                    results.append(ops[0](conn))
+                    conn.execute("COMMIT")
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bad op spoils only itself
+                    conn.execute("ROLLBACK")
+                    results.append(exc)
+                self.commits += 1
+                self.last_error = None
+                return results
             for op in ops:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -198,8 +225,12 @@ class SQLiteStore:
     async def _write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         if self._closed:
             raise StoreUnavailable("store is closed")
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(op, fut, durable))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Write(op, fut, durable))
+        if self._running and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return await fut
 
     # ---- reads -------------------------------------------------------------------------------------------
