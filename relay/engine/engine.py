@@ -132,13 +132,14 @@ class Engine:
         if accepted.outcome is AcceptOutcome.CREATED:
             alert = accepted.alert
             self.open_alerts += 1
-            self._metrics.reports.labels(source).inc()
-            log.info(
-                "report accepted",
-                extra={"event": "report_accepted", "alert_id": alert.alert_id, "report_id": alert.report_id,
-                       "operator_id": operator_id, "source": source, "desks": list(alert.desks),
-                       "short_code": alert.short_code, "priority": alert.priority, "stale": alert.stale},
-            )
+            self._metrics.child(self._metrics.reports, source).inc()
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "report accepted",
+                    extra={"event": "report_accepted", "alert_id": alert.alert_id, "report_id": alert.report_id,
+                           "operator_id": operator_id, "source": source, "desks": list(alert.desks),
+                           "short_code": alert.short_code, "priority": alert.priority, "stale": alert.stale},
+                )
             self._bus.publish(StateEvent.of(alert, now))
             self._due(alert.next_action_at)
             for action in first.actions:

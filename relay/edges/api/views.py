@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from relay.domain.clock import to_datetime
 from relay.domain.model import AcceptedView, AckView, AlertView, DeliveryView, EventView
 from relay.domain.records import AckRecord, AlertRecord, DeliveryRecord
@@ -58,9 +60,18 @@ def accepted_view(a: AlertRecord, public_url: str) -> AcceptedView:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def event_json(e: StateEvent) -> str:
-    """An event serialised through its API model: what the OpenAPI document says is what is sent."""
-    return EventView(
+    """An event serialised through its API model: what the OpenAPI document says is what is sent.
+
+    Once per event, however many listeners (the MQTT publisher, each SSE stream) send it; the models are built
+    without validating again what the relay's own records already are (`model_construct`)."""
+    ack = None
+    if e.ack is not None:
+        a = e.ack
+        ack = AckView.model_construct(desk_id=a.desk_id, channel=a.channel, by=a.by, at=to_datetime(a.at),
+                                      latency_s=round(a.latency_s, 3))
+    return EventView.model_construct(
         alert_id=e.alert_id, report_id=e.report_id, operator_id=e.operator_id, state=e.state, at=to_datetime(e.at),
-        short_code=e.short_code, desks=list(e.desks), ack=ack_view(e.ack) if e.ack is not None else None,
+        short_code=e.short_code, desks=list(e.desks), ack=ack,
     ).model_dump_json(exclude_none=True)
