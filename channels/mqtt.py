@@ -113,6 +113,7 @@ class LoopBoundClient(aiomqtt.Client):
         self._watched: object | None = None  # the socket whose descriptor the loop watches
         self._watched_fd = -1
         self._writing = False
+        self._write_soon = False  # a write of what paho queued is scheduled on the loop
 
     async def __aenter__(self) -> Self:
         # paho's connect() closes a socket it still holds, in the executor thread, behind the loop's back.
@@ -133,7 +134,15 @@ class LoopBoundClient(aiomqtt.Client):
         self._on_loop(self._opened)
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
-        self._on_loop(self._reconcile)
+        if threading.get_ident() != self._loop_thread:
+            self._on_loop(self._reconcile)
+            return
+        # On the loop thread (a publish, a PUBACK to send): write what paho queued on the loop's next turn, without
+        # first asking the loop to watch the socket for writing (an epoll_ctl each way, and a turn of the loop, per
+        # packet). Whatever a full socket leaves unwritten is watched for as before (`_write_queued`).
+        if not self._write_soon:
+            self._write_soon = True
+            self._loop.call_soon(self._write_queued)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
         self._on_loop(self._reconcile)
@@ -208,6 +217,12 @@ class LoopBoundClient(aiomqtt.Client):
                     break
         except Exception as exc:  # noqa: BLE001 - as aiomqtt: any failure here ends the connection
             self._failed(exc)
+
+    def _write_queued(self) -> None:
+        self._write_soon = False
+        if self._client._sock is not None and self._client._registered_write:
+            self._on_writable()  # paho's loop_write: what it could not write keeps its write flag set
+        self._reconcile()
 
     def _on_writable(self) -> None:
         try:
