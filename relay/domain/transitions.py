@@ -48,21 +48,27 @@ def attempt_finished(
     d: DeliveryRecord, alert_state: AlertState, outcome: AttemptOutcome, at: float, error: str | None
 ) -> DeliveryRecord | None:
     """How a send went decides the next state; None when the delivery was not being sent (cancelled meanwhile)."""
+    attempts = d.attempts
     if d.state is _D.QUEUED:  # sent straight from the outbox row, without a separate SENDING commit
-        d = _to(d, _D.SENDING, attempts=d.attempts + 1)
+        check_delivery(d.state, _D.SENDING)
+        attempts += 1
     elif d.state is not _D.SENDING:
         return None
-    d = replace(d, attempted_at=at)
+    # one copy of the record, not one per step (this runs for every send)
+    changes: dict[str, Any]
     if outcome is AttemptOutcome.SENT:
         # the first send's time stays: each repeat round is in the alert's history, not over this
-        return _to(d, _D.SENT, sent_at=d.sent_at or at, error=None)
-    if outcome is AttemptOutcome.FAILED:
-        return _to(d, _D.FAILED, error=error, permanent=True)
-    if outcome is AttemptOutcome.BROKE:
-        return _to(d, _D.FAILED, error=error, permanent=False)
-    if outcome is AttemptOutcome.RETRY and alert_state in OPEN_ALERT_STATES:
-        return _to(d, _D.QUEUED, error=error)
-    return _to(d, _D.CANCELLED, error=error)
+        state, changes = _D.SENT, {"sent_at": d.sent_at or at, "error": None}
+    elif outcome is AttemptOutcome.FAILED:
+        state, changes = _D.FAILED, {"error": error, "permanent": True}
+    elif outcome is AttemptOutcome.BROKE:
+        state, changes = _D.FAILED, {"error": error, "permanent": False}
+    elif outcome is AttemptOutcome.RETRY and alert_state in OPEN_ALERT_STATES:
+        state, changes = _D.QUEUED, {"error": error}
+    else:
+        state, changes = _D.CANCELLED, {"error": error}
+    check_delivery(_D.SENDING, state)
+    return replace(d, state=state, attempts=attempts, attempted_at=at, **changes)
 
 
 def replan_now(d: DeliveryRecord) -> bool:

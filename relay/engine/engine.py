@@ -11,9 +11,8 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from channels.base import HealthChange, HealthState, Inbound, InboundKind
 from relay.domain import escalation, short_code
@@ -107,23 +106,24 @@ class Engine:
             DeliveryRecord(f"{alert_id}.{d.id}.{p.name}", alert_id, d.id, p.name, target)
             for d in desks for target in p.targets(d)[:1]  # one console per desk
         )
-        alert = AlertRecord(
-            alert_id=alert_id,
-            report_id=report.report_id,
-            operator_id=operator_id,
-            short_code=short_code.new_code(),
-            state=AlertState.PENDING,
-            priority=report.priority,
-            stale=report.is_stale(datetime.fromtimestamp(now, report.observed_at.tzinfo)),
-            created_at=now,
-            report=report.as_submitted(),
-            desks=tuple(d.id for d in desks),
-            deliveries=deliveries,
-        )
+        fields: dict[str, Any] = {
+            "alert_id": alert_id,
+            "report_id": report.report_id,
+            "operator_id": operator_id,
+            "short_code": short_code.new_code(),
+            "state": AlertState.PENDING,
+            "priority": report.priority,
+            "stale": report.is_stale(datetime.fromtimestamp(now, report.observed_at.tzinfo)),
+            "created_at": now,
+            "report": report.as_submitted(),
+            "desks": tuple(d.id for d in desks),
+            "deliveries": deliveries,
+        }
+        alert = AlertRecord(**fields)
         first = escalation.plan(alert, self._policy, now, primary_up=self._primary.health.is_up)
         schedule = escalation.schedule_at_accept(first, alert)
-        alert = replace(
-            alert,
+        alert = AlertRecord(  # built again rather than dataclasses.replace'd: that is several times dearer
+            **fields,
             next_action_at=schedule.next_action_at,
             backup_rounds=schedule.backup_rounds,
             last_backup_at=schedule.last_backup_at,

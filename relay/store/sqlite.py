@@ -537,7 +537,7 @@ def _op_accept(conn: sqlite3.Connection, new: NewAlert) -> Accepted:
     )
     _op_add_deliveries(conn, a.deliveries, a.created_at)
     # No "accepted" row in events: the alert row itself records it (see `events`), one index write fewer.
-    return Accepted(AcceptOutcome.CREATED, replace(a, short_code=code))
+    return Accepted(AcceptOutcome.CREATED, a if code == a.short_code else replace(a, short_code=code))
 
 
 def _code_taken(conn: sqlite3.Connection, code: str) -> bool:
@@ -557,14 +557,16 @@ def _op_add_deliveries(conn: sqlite3.Connection, deliveries: Iterable[DeliveryRe
     )
 
 
+_DELIVERY_AND_ALERT_STATE_SQL = (
+    f"SELECT {', '.join('d.' + c.strip() for c in _DELIVERY_COLS.split(','))}, a.state "  # noqa: S608
+    "FROM deliveries d JOIN alerts a ON a.alert_id = d.alert_id WHERE d.delivery_id = ?"
+)
+
+
 def _delivery_and_alert_state(
     conn: sqlite3.Connection, delivery_id: str
 ) -> tuple[DeliveryRecord, AlertState] | None:
-    row = conn.execute(
-        f"SELECT {', '.join('d.' + c.strip() for c in _DELIVERY_COLS.split(','))}, a.state "  # noqa: S608
-        "FROM deliveries d JOIN alerts a ON a.alert_id = d.alert_id WHERE d.delivery_id = ?",
-        (delivery_id,),
-    ).fetchone()
+    row = conn.execute(_DELIVERY_AND_ALERT_STATE_SQL, (delivery_id,)).fetchone()
     if row is None:
         return None
     return _delivery(row[:-1]), AlertState(row[-1])
