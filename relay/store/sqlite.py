@@ -137,9 +137,10 @@ class SQLiteStore:
 
     async def run(self) -> None:
         self._running = True
+        self._loop = asyncio.get_running_loop()
         # The flushes run as loop callbacks (see `_write`); one that raised ends the writer here, as it would have
         # ended a writer task.
-        self._broken = asyncio.get_running_loop().create_future()
+        self._broken = self._loop.create_future()
         try:
             self._flush()  # what was queued before the writer started
             await self._broken
@@ -225,7 +226,7 @@ class SQLiteStore:
     async def _write(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         if self._closed:
             raise StoreUnavailable("store is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop if self._running and self._loop is not None else asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Write(op, fut, durable))
         if self._running and not self._flush_scheduled:
