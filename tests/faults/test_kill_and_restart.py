@@ -147,8 +147,20 @@ async def test_escalation_timers_survive_sigkill(
             headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
         ) as r:
             assert r.status == 201
+            alert_id = (await r.json())["alert_id"]
         await console.next_alert()
         first = (await twilio.wait_for(1, to=DESK1_PHONE))[0]
+
+        async def sms_recorded_sent() -> bool:
+            # Killed before it recorded Twilio's answer, the relay would rightly send that SMS again at start
+            # (at least once); this test is about the repeat's stored due time, so it kills after the record.
+            async with aiohttp.ClientSession() as http, http.get(
+                f"{relay.url}/api/v1/alerts/{alert_id}", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},
+            ) as r:
+                deliveries = (await r.json())["deliveries"]
+            return any(d["target"] == DESK1_PHONE and d["state"] in ("sent", "delivered") for d in deliveries)
+
+        await eventually(sms_recorded_sent, timeout=5, what="the first SMS recorded as sent")
         relay.kill9()
         relay.start()
         await relay.wait_ready()
