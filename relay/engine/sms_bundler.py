@@ -47,17 +47,26 @@ class SmsBundler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._holds = 0  # open `together()` blocks: what they add waits for the last one to close
+        self._held_since = 0.0  # when the oldest item still held by them was added
 
     def add(self, item: SmsItem) -> None:
         self._items += 1
         self._idle.clear()
         self._phones.setdefault(item.delivery.target, _Phone()).pending.append(item)
+        now = self._clock.now()
         if not self._holds:
-            self._flush(self._clock.now())
+            self._flush(now)
+        elif now >= self._held_since + self._window:
+            self._flush_held(now)
+        else:
+            self._changed.set()  # the flusher wakes when the hold has lasted a window
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
-        """What is added inside goes out when the block ends, one bundle per phone (a scheduler pass)."""
+        """What is added inside goes out when the block ends, one bundle per phone (a scheduler pass), or once it
+        has waited `window_s`, whichever comes first: a pass that runs long under a backlog must not hold SMS."""
+        if not self._holds:
+            self._held_since = self._clock.now()
         self._holds += 1
         try:
             yield
@@ -65,6 +74,11 @@ class SmsBundler:
             self._holds -= 1
             if not self._holds:
                 self._flush(self._clock.now())
+
+    def _flush_held(self, now: float) -> float:
+        """The hold has lasted a window: what it collected goes now; what follows is held afresh."""
+        self._held_since = now
+        return self._flush(now)
 
     def _flush(self, now: float) -> float:
         """Hands on each phone's collected SMS whose window is over; returns when the next window ends."""
@@ -109,6 +123,12 @@ class SmsBundler:
         """Hands each phone's collected SMS on when its window ends."""
         while True:
             self._changed.clear()
-            next_at = math.inf if self._holds else self._flush(self._clock.now())
+            now = self._clock.now()
+            if not self._holds:
+                next_at = self._flush(now)
+            elif now >= self._held_since + self._window:
+                next_at = min(self._flush_held(now), self._held_since + self._window)
+            else:
+                next_at = self._held_since + self._window
             self._changed.clear()  # _flush set it for the wait below, which this loop does itself
             await sleep_until_or(self._clock, next_at, self._changed)
