@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from channels.base import HealthState, Outgoing, SendResult
 from relay.domain import render
@@ -36,10 +37,14 @@ log = logging.getLogger("relay.dispatch")
 # Each channel has its own queue and workers (Plug.workers): a slow e-mail server (every unacknowledged alert
 # sends a round of e-mail every repeat) must never hold a console's alert behind it.
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class _Job:
-    alert: AlertRecord
-    delivery: DeliveryRecord
+    # Under a backlog, a warning nobody has had yet goes before a repeat of one already sent: a first send (or a
+    # failover) before a second, then in the order they came.
+    attempts: int
+    seq: int
+    alert: AlertRecord = field(compare=False)
+    delivery: DeliveryRecord = field(compare=False)
 
 
 class Dispatcher:
@@ -62,7 +67,10 @@ class Dispatcher:
         self._plugs = {p.name: p for p in plugs}
         self._topics, self._clock, self._metrics = topics, clock, metrics
         self._ack_links, self._public_url, self._poke = ack_links, public_url, poke
-        self._queues: dict[str, asyncio.Queue[_Job]] = {p.name: asyncio.Queue() for p in plugs if not p.bundled}
+        self._queues: dict[str, asyncio.PriorityQueue[_Job]] = {
+            p.name: asyncio.PriorityQueue() for p in plugs if not p.bundled
+        }
+        self._seq = itertools.count()
         self._in_flight: set[str] = set()  # delivery ids queued here or being sent
         self._bundlers = {
             p.name: SmsBundler(bundle_window_s, functools.partial(self._send_bundle, p), clock)
@@ -85,7 +93,7 @@ class Dispatcher:
             if d.channel in self._bundlers:
                 self._bundlers[d.channel].add(SmsItem(alert, d))
             else:
-                self._queues[d.channel].put_nowait(_Job(alert, d))
+                self._queues[d.channel].put_nowait(_Job(d.attempts, next(self._seq), alert, d))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -107,7 +115,7 @@ class Dispatcher:
             return False
         return True
 
-    async def _worker(self, queue: asyncio.Queue[_Job]) -> None:
+    async def _worker(self, queue: asyncio.PriorityQueue[_Job]) -> None:
         while True:
             stop_if_cancelled()
             job = await queue.get()
@@ -177,7 +185,8 @@ class Dispatcher:
                 await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
                                                  self._clock.now())
         if len(still_open) > 1:
-            still_open = await self._renderable(plug, still_open)
+            # a bundle that runs to many SMS sends those of alerts nobody has had yet first (flash ahead of all)
+            still_open = sorted(await self._renderable(plug, still_open), key=lambda i: i.delivery.attempts)
         if not still_open:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
             return
         by_alert = {i.alert.alert_id: i for i in still_open}
