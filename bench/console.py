@@ -13,6 +13,8 @@ from types import TracebackType
 
 import aiomqtt
 
+from bench.arrivals import Arrivals
+
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
@@ -43,19 +45,17 @@ def client(port: int, identifier: str) -> aiomqtt.Client:
                           socket_options=NODELAY, max_inflight_messages=1000)
 
 
-class Receiver:
+class Receiver(Arrivals):
     """Subscribes at QoS 1 to `topic`; `received[key]` is the perf_counter() of the first copy of each key,
     `stamped[key]` the sender's own timestamp found in it (epoch seconds), where there is one."""
 
     def __init__(self, port: int, identifier: str, topic: str,
                  parse: Callable[[bytes], Parsed] = alert_fields) -> None:
+        super().__init__()
         self.topic, self.parse = topic, parse
         self.client = client(port, identifier)
-        self.received: dict[str, float] = {}
         self.stamped: dict[str, float] = {}
-        self.duplicates = 0
         self.unparsed = 0
-        self._waiters: dict[str, asyncio.Future[float]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Receiver:
@@ -80,41 +80,5 @@ class Receiver:
             key, stamp = self.parse(payload)
             if key is None:
                 self.unparsed += 1
-            elif key in self.received:
-                self.duplicates += 1
-            else:
-                self.received[key] = t
-                if stamp is not None:
-                    self.stamped[key] = stamp
-                waiter = self._waiters.pop(key, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(t)
-
-    def _future(self, key: str) -> asyncio.Future[float]:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        if key in self.received:
-            fut.set_result(self.received[key])
-        else:
-            self._waiters[key] = fut
-        return fut
-
-    async def wait(self, key: str, within_s: float) -> float:
-        """perf_counter() at which `key` arrived; TimeoutError if it did not within `within_s` seconds."""
-        if key in self.received:
-            return self.received[key]
-        fut = self._future(key)
-        try:
-            return await asyncio.wait_for(fut, within_s)
-        finally:
-            self._waiters.pop(key, None)
-
-    async def wait_all(self, keys: list[str], within_s: float) -> list[str]:
-        """Wait until every key arrived or `within_s` seconds passed; returns the keys still missing."""
-        pending = [self._future(k) for k in keys if k not in self.received]
-        if pending:
-            await asyncio.wait(pending, timeout=within_s)
-        for k in keys:
-            fut = self._waiters.pop(k, None)
-            if fut is not None:
-                fut.cancel()
-        return [k for k in keys if k not in self.received]
+            elif self.arrived(key, t) and stamp is not None:
+                self.stamped[key] = stamp

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.arrivals import Arrivals
 from bench.env import Proc, _spawn, cpu_s, free_port, rss_mb, wait_ready
 from bench.scenarios import RECEIVE_TIMEOUT_S
 from bench.stats import Summary, summarize
@@ -70,15 +71,13 @@ receivers:
 """
 
 
-class Hook:
+class Hook(Arrivals):
     """The webhook receiver: `received[id]` is the perf_counter() at which the alert labelled `id` arrived."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.port = free_port()
-        self.received: dict[str, float] = {}
-        self.duplicates = 0
         self.notifications = 0
-        self._waiters: dict[str, asyncio.Future[float]] = {}
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -87,15 +86,8 @@ class Hook:
         self.notifications += 1
         for alert in json.loads(body).get("alerts", []):
             key = alert.get("labels", {}).get("id")
-            if key is None:
-                continue
-            if key in self.received:
-                self.duplicates += 1
-                continue
-            self.received[key] = t
-            waiter = self._waiters.pop(key, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(t)
+            if key is not None:
+                self.arrived(key, t)
         return web.Response(text="ok")
 
     @property
@@ -113,32 +105,6 @@ class Hook:
     async def __aexit__(self, *exc: object) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-
-    def _future(self, key: str) -> asyncio.Future[float]:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        if key in self.received:
-            fut.set_result(self.received[key])
-        else:
-            self._waiters[key] = fut
-        return fut
-
-    async def wait(self, key: str, within_s: float) -> float:
-        if key in self.received:
-            return self.received[key]
-        try:
-            return await asyncio.wait_for(self._future(key), within_s)
-        finally:
-            self._waiters.pop(key, None)
-
-    async def wait_all(self, keys: list[str], within_s: float) -> list[str]:
-        pending = [self._future(k) for k in keys if k not in self.received]
-        if pending:
-            await asyncio.wait(pending, timeout=within_s)
-        for k in keys:
-            fut = self._waiters.pop(k, None)
-            if fut is not None:
-                fut.cancel()
-        return [k for k in keys if k not in self.received]
 
 
 def start(workdir: Path, hook_url: str, group_interval: str = GROUP_INTERVAL) -> tuple[Proc, int]:
