@@ -1,6 +1,8 @@
 """E-mail over SMTP with aiosmtplib: one message per address, plain text and HTML, STARTTLS/TLS and login.
 
-A connection per send: backup e-mail is rare, and servers drop idle sessions anyway.
+Sessions are kept open between sends (`_Sessions`): while a surge of alerts goes unacknowledged every repeat
+round sends an e-mail per alert and address, and a session per e-mail (connect, EHLO, STARTTLS, AUTH, QUIT) cost
+most of the relay's CPU in the ten-minute hostile soak, with e-mail waits of nearly a second.
 """
 
 from __future__ import annotations
@@ -8,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import email.errors
 import logging
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -37,6 +40,69 @@ class SmtpSettings:
     timeout_s: float = 10.0  # each SMTP operation
     send_budget_s: float = 20.0  # the whole send, retries included
     attempts: int = 3
+    session_idle_s: float = 30.0  # a kept session unused this long is closed (servers drop theirs at 60-300 s)
+    session_messages: int = 100  # then a fresh session (some servers limit the messages of one)
+
+
+@dataclass(eq=False)
+class _Session:
+    smtp: aiosmtplib.SMTP
+    last_used: float
+    sent: int = 0
+
+
+class _Sessions:
+    """Open SMTP sessions between sends: at most one per send in flight, none kept unused for `idle_s`.
+
+    A kept session may have been closed by the server meanwhile; the caller finds out on its first command and
+    opens a fresh one (`SmtpEmailChannel._deliver`)."""
+
+    def __init__(self, open_one: Callable[[], Awaitable[aiosmtplib.SMTP]], idle_s: float, max_messages: int,
+                 clock: Callable[[], float]) -> None:
+        self._open, self._idle_s, self._max, self._clock = open_one, idle_s, max_messages, clock
+        self._idle: list[_Session] = []  # the last one back is the first out: the rest age and are closed
+
+    async def take(self) -> tuple[_Session, bool]:
+        """A session to send on, and whether it was kept from an earlier send."""
+        now = self._clock()
+        while self._idle:
+            session = self._idle.pop()
+            if session.smtp.is_connected and now - session.last_used < self._idle_s:
+                return session, True
+            session.smtp.close()
+        return _Session(await self._open(), now), False
+
+    def give_back(self, session: _Session) -> None:
+        """After a send that went well; a session that failed is closed, never given back."""
+        session.sent += 1
+        session.last_used = self._clock()
+        if session.sent >= self._max or not session.smtp.is_connected:
+            session.smtp.close()
+        else:
+            self._idle.append(session)
+
+    async def close_idle(self, quit_s: float) -> None:
+        """Sessions unused for `idle_s` end politely (QUIT, at most `quit_s`), before the server drops them."""
+        now = self._clock()
+        old = [s for s in self._idle if now - s.last_used >= self._idle_s]
+        self._idle = [s for s in self._idle if now - s.last_used < self._idle_s]
+        for session in old:
+            try:
+                async with asyncio.timeout(quit_s):
+                    await session.smtp.quit()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                pass  # it is being closed anyway
+            finally:
+                session.smtp.close()
+
+    def close_all(self) -> None:
+        for session in self._idle:
+            session.smtp.close()
+        self._idle.clear()
+
+    @property
+    def kept(self) -> int:
+        return len(self._idle)
 
 
 class SmtpEmailChannel:
@@ -49,11 +115,27 @@ class SmtpEmailChannel:
         self.health.set(HealthState.UP, "no send yet")
         self.breaker = CircuitBreaker(self.health, clock=clock or time.monotonic)
         self._tls_context: ssl.SSLContext | None = None
+        self._local_hostname: str | None = None
+        self._sessions = _Sessions(self._open_session, settings.session_idle_s, settings.session_messages,
+                                   clock or time.monotonic)
 
     async def run(self) -> None:
         if self._cfg.ca_file:  # loading certificates reads files: done once, here, not on every send
             self._tls_context = await asyncio.to_thread(ssl.create_default_context, cafile=self._cfg.ca_file)
-        await asyncio.Event().wait()
+        await self._hostname()
+        try:
+            while True:
+                await asyncio.sleep(self._cfg.session_idle_s / 3)
+                await self._sessions.close_idle(quit_s=min(self._cfg.timeout_s, 5.0))
+        finally:
+            self._sessions.close_all()
+
+    async def _hostname(self) -> str:
+        """The name this host gives in EHLO, looked up once: aiosmtplib would look it up (a DNS query, in a
+        thread) for every new session, and where no resolver answers each lookup waits out its timeout."""
+        if self._local_hostname is None:
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        return self._local_hostname
 
     async def send(self, msg: Outgoing) -> SendResult:
         if not self.breaker.allow():
@@ -115,20 +197,43 @@ class SmtpEmailChannel:
             message.add_alternative(msg.html, subtype="html", charset="utf-8")
         return message
 
-    async def _deliver(self, message: EmailMessage) -> None:
+    async def _open_session(self) -> aiosmtplib.SMTP:
+        """Connect, EHLO, STARTTLS and login as the config says (aiosmtplib closes the socket if one fails)."""
         cfg = self._cfg
+        smtp = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            username=cfg.username,
+            password=cfg.password,
+            use_tls=cfg.tls,
+            start_tls=cfg.starttls,  # True: required (no silent downgrade); False: never
+            tls_context=self._tls_context,
+            timeout=cfg.timeout_s,
+            local_hostname=await self._hostname(),
+        )
+        await smtp.connect()
+        return smtp
+
+    async def _send_on_session(self, message: EmailMessage) -> None:
+        session, kept = await self._sessions.take()
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=cfg.host,
-                port=cfg.port,
-                username=cfg.username,
-                password=cfg.password,
-                use_tls=cfg.tls,
-                start_tls=cfg.starttls,  # True: required (no silent downgrade); False: never
-                tls_context=self._tls_context,
-                timeout=cfg.timeout_s,
-            )
+            try:
+                await session.smtp.send_message(message)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                if not kept:
+                    raise
+                # the server closed a session we kept (its idle limit, a restart): nothing was accepted on it
+                session.smtp.close()
+                session = _Session(await self._open_session(), session.last_used)
+                await session.smtp.send_message(message)
+        except BaseException:
+            session.smtp.close()  # in an unknown state: never used again
+            raise
+        self._sessions.give_back(session)
+
+    async def _deliver(self, message: EmailMessage) -> None:
+        try:
+            await self._send_on_session(message)
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
             raise Transient(FailureReason.UNREACHABLE, f"SMTP server unreachable: {exc}") from None
         except aiosmtplib.SMTPTimeoutError as exc:

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from channels.base import FailureReason
+from relay.domain.escalation import Policy
 from relay.domain.states import AlertState, DeliveryState
 from tests.support.engine_harness import EMAIL, PHONE, EngineHarness, desk, fails, store_file
 
+EMAIL_WORKERS = 16  # relay/operations/daemon.py: e-mails in flight at once
 REPEATS = [10.0 + 60 * n for n in range(15)]  # the first backup round at 10 s, then every 60 s until 900 s
 
 
@@ -213,3 +215,33 @@ async def test_sms_due_together_leave_in_one_bundle_and_what_follows_within_the_
     await h.run_until(11)
     assert h.times("sms") == [10.0, 10.5]  # due at 10.2, held to the end of the bundle window
     assert late in h.sent("sms")[1].msg.body.decode()
+
+
+async def test_a_warning_held_in_a_backlog_at_give_up_still_goes_once_if_it_reached_nobody(tmp_path: Path) -> None:
+    """The give-up stops the rounds and tells the operator; what it must not do is drop, unsent, the one warning of
+    an alert no desk has had, which a backlog of e-mail held until then. The repeat of an alert the console had
+    is dropped as before; and the warning nobody has had goes first."""
+    policy = Policy(ack_timeout_s=10, repeat_s=600, give_up_s=60, retry_s=5, backups=frozenset({"email"}))
+    with store_file(tmp_path) as path:
+        async with EngineHarness(path, policy=policy, desks=[desk(sms=())]) as h:
+            mail = h.channels["email"]
+            mail.hold()  # the SMTP server stops answering: 16 e-mails in flight, the rest queue behind them
+            console_had = [await h.accept(h.report(f"r-{n}")) for n in range(EMAIL_WORKERS + 1)]
+            await h.run_until(20)
+            h.channels["mqtt"].down()
+            nobody_had = await h.accept(h.report("r-x"))  # failover: its e-mail queues behind the others
+            await h.run_until(85)
+            assert {(await h.alert(a)).state for a in [*console_had, nobody_had]} == {AlertState.UNACKNOWLEDGED}
+            assert h.sent("email") == []
+
+            mail.release()
+            await h.clock.settle()
+            keys = [s.msg.key for s in h.sent("email")]
+            assert len(keys) == EMAIL_WORKERS + 1  # the 16 in flight at give-up, then the one nobody had
+            assert keys[-1].startswith(nobody_had)
+            x = next(d for d in (await h.alert(nobody_had)).deliveries if d.channel == "email")
+            assert x.state is DeliveryState.SENT and x.sent_at == h.clock.now()
+            last = next(d for d in (await h.alert(console_had[-1])).deliveries if d.channel == "email")
+            assert last.state is DeliveryState.CANCELLED and last.sent_at is None
+            await h.run_until(2000)
+            assert len(h.sent("email")) == EMAIL_WORKERS + 1  # and nothing after: the rounds stopped

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from relay.domain import transitions as t
@@ -107,3 +109,13 @@ def test_a_send_that_raised_failed_but_not_for_good() -> None:
     assert t.replan_now(broke)
     rearmed = t.backup_round({broke.delivery_id: broke}, [broke], (), 60.0)
     assert [d.delivery_id for d in rearmed.to_send] == [broke.delivery_id]  # the next round tries it afresh
+
+
+def test_a_send_is_worth_making_while_open_and_after_give_up_only_if_nobody_had_the_alert() -> None:
+    unsent = replace(alert(AlertState.UNACKNOWLEDGED), deliveries=(delivery(D.SENDING, attempts=1),))
+    sent_once = replace(unsent, deliveries=(delivery(D.SENDING, attempts=2, sent_at=5.0),))
+    assert t.worth_sending(alert(OPEN)) and t.worth_sending(alert(AlertState.DELIVERED))
+    assert not t.reached_someone(unsent) and t.worth_sending(unsent)
+    assert t.reached_someone(sent_once) and not t.worth_sending(sent_once)
+    assert t.reached_someone(alert(AlertState.DELIVERED))
+    assert not t.worth_sending(alert(CLOSED))

@@ -159,6 +159,22 @@ def acknowledged(alert: AlertRecord, ack: AckRecord) -> AlertRecord | None:
     return replace(alert, state=AlertState.ACKNOWLEDGED, ack=ack, next_action_at=None)
 
 
+def reached_someone(alert: AlertRecord) -> bool:
+    """Some desk has had it: a console confirmed it, or a send of it left (to a broker, a provider, a server)."""
+    if alert.state in (AlertState.DELIVERED, AlertState.ACKNOWLEDGED):
+        return True
+    return any(d.sent_at is not None for d in alert.deliveries)
+
+
+def worth_sending(alert: AlertRecord) -> bool:
+    """May a send handed to a channel still go out? While the alert is open, yes. After its give-up too, if it
+    has reached nobody: the give-up stops the rounds and tells the operator, but a warning that a backlog held
+    until then goes once, late, rather than never (an ack to it is still recorded)."""
+    if alert.state in OPEN_ALERT_STATES:
+        return True
+    return alert.state is AlertState.UNACKNOWLEDGED and not reached_someone(alert)
+
+
 def given_up(alert: AlertRecord) -> AlertRecord | None:
     """Nobody acknowledged in time: `unacknowledged`, timers stopped; None if it was not open."""
     if not alert_may(alert.state, AlertState.UNACKNOWLEDGED):

@@ -19,10 +19,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from channels.base import HealthState, Outgoing, SendResult
-from relay.domain import render
+from relay.domain import render, transitions
 from relay.domain.clock import Clock
 from relay.domain.records import AlertRecord, AttemptOutcome, DeliveryRecord
-from relay.domain.states import OPEN_ALERT_STATES
 from relay.domain.topics import Topics
 from relay.engine.ack_links import AckLinkSigner
 from relay.engine.jobs import JobKind, Jobs
@@ -39,8 +38,9 @@ log = logging.getLogger("relay.dispatch")
 
 @dataclass(frozen=True, slots=True, order=True)
 class _Job:
-    # Under a backlog, a warning nobody has had yet goes before a repeat of one already sent: a first send (or a
-    # failover) before a second, then in the order they came.
+    # Under a backlog, a warning nobody has had yet goes before a repeat of one some desk already has (a failed
+    # try of an alert that reached nobody is such a warning too), then fewer tries first, then in order.
+    reached: bool
     attempts: int
     seq: int
     alert: AlertRecord = field(compare=False)
@@ -93,7 +93,8 @@ class Dispatcher:
             if d.channel in self._bundlers:
                 self._bundlers[d.channel].add(SmsItem(alert, d))
             else:
-                self._queues[d.channel].put_nowait(_Job(d.attempts, next(self._seq), alert, d))
+                self._queues[d.channel].put_nowait(
+                    _Job(transitions.reached_someone(alert), d.attempts, next(self._seq), alert, d))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -153,7 +154,7 @@ class Dispatcher:
                 body=render.mqtt_alert(alert, d.desk_id, self._topics.acks(d.desk_id)),
             )
         else:
-            if not await self._still_open(alert.alert_id):  # acked while this waited for a worker: not sent
+            if not await self._worth_sending(alert.alert_id):  # acked while this waited for a worker: not sent
                 await self._store.finish_attempt(d.delivery_id, AttemptOutcome.CANCELLED, self._clock.now())
                 return
             url = f"{self._public_url}/ack/{self._ack_links.token(alert.alert_id, d.desk_id, self._clock.now())}"
@@ -179,14 +180,15 @@ class Dispatcher:
         """One target's texts: what is still open goes out, bundled when several; what was acked meanwhile is not."""
         still_open = []
         for item in items:
-            if await self._still_open(item.alert.alert_id):
+            if await self._worth_sending(item.alert.alert_id):
                 still_open.append(item)
             else:
                 await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
                                                  self._clock.now())
         if len(still_open) > 1:
             # a bundle that runs to many SMS sends those of alerts nobody has had yet first (flash ahead of all)
-            still_open = sorted(await self._renderable(plug, still_open), key=lambda i: i.delivery.attempts)
+            still_open = sorted(await self._renderable(plug, still_open),
+                                key=lambda i: (transitions.reached_someone(i.alert), i.delivery.attempts))
         if not still_open:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
             return
         by_alert = {i.alert.alert_id: i for i in still_open}
@@ -213,9 +215,9 @@ class Dispatcher:
             ok.append(item)
         return ok
 
-    async def _still_open(self, alert_id: str) -> bool:
+    async def _worth_sending(self, alert_id: str) -> bool:
         current = await self._store.get_alert(alert_id)
-        return current is not None and current.state in OPEN_ALERT_STATES
+        return current is not None and transitions.worth_sending(current)
 
     async def _deliver(self, channel: str, msg: Outgoing) -> SendResult:
         started = time.perf_counter()

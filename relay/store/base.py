@@ -97,7 +97,7 @@ class Store(Protocol):
         ...
 
     async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
-        """Open alerts with a delivery marked SENDING: after a restart, sends that may not have gone out."""
+        """Alerts (open or closed) with a delivery marked SENDING: after a restart, sends that may not have gone out."""
         ...
 
     async def find_by_code(self, code: str, now: float) -> AlertRecord | None:

@@ -445,8 +445,10 @@ class SQLiteStore:
     @_read_errors
     async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
         conn = self._read()
+        # closed ones too: the dispatcher sends what is still worth sending and cancels the rest (a restart must
+        # not leave a delivery "sending" for ever)
         rows = conn.execute(
-            f"SELECT {_ALERT_COLS} FROM alerts WHERE state IN {_OPEN_SQL} AND alert_id IN "  # noqa: S608
+            f"SELECT {_ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
             "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT ?",
             (limit,),
         ).fetchall()

@@ -126,7 +126,7 @@ async def _sent(site: Site, alert_id: str, channel: str) -> bool:
 async def test_a_library_raising_the_unforeseen_is_translated_by_its_channel(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(aiosmtplib, "send", raising(unforeseen(4)))
+    monkeypatch.setattr(aiosmtplib.SMTP, "send_message", raising(unforeseen(4)))
     monkeypatch.setattr(TwilioSmsChannel, "_create", raising(unforeseen(5)))
     status, accepted = await site.relay.post_report(report("library-bug", priority="flash"))
     assert status == 201

@@ -127,6 +127,16 @@ class FakeChannel:
             self.health.set(HealthState.UP, "fake channel")
         self.attempts: list[Sent] = []
         self._script: deque[Script] = deque()
+        self._gate: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        """Sends from now on wait (a far end that stopped answering) until `release()`."""
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
 
     def will(self, *answers: Script) -> None:
         """The next sends answer these, in order; after them every send is accepted again."""
@@ -139,6 +149,8 @@ class FakeChannel:
         self.health.set(HealthState.UP, "back up")
 
     async def send(self, msg: Outgoing) -> SendResult:
+        if self._gate is not None:
+            await self._gate.wait()
         answer = self._script.popleft() if self._script else SendResult.accepted(f"{self.name}-{len(self.attempts)}")
         ok = isinstance(answer, SendResult) and answer.ok
         self.attempts.append(Sent(self._clock.t, msg, ok, next(self._journal)))

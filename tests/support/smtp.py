@@ -25,6 +25,7 @@ class Mail:
     rcpt_tos: list[str]
     message: EmailMessage
     at: float
+    peer: tuple[str, int] | None = None  # the client's address and port: one per SMTP session
 
     @property
     def text(self) -> str:
@@ -40,12 +41,19 @@ class Mail:
 class _Recorder:
     def __init__(self) -> None:
         self.mails: list[Mail] = []
+        self.quits = 0  # sessions the client ended with QUIT
         self.lock = threading.Lock()
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.quits += 1
+        return "221 Bye"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.lock:  # the handler runs in the controller's own thread
-            self.mails.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), message, time.time()))  # type: ignore[arg-type]
+            self.mails.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), message, time.time(),  # type: ignore[arg-type]
+                                    tuple(session.peer[:2])))
         return "250 Message accepted for delivery"
 
 
@@ -72,6 +80,11 @@ class SmtpServer:
 
             self._tls |= {"tls_context": context, "require_starttls": True, "auth_required": True,
                          "authenticator": authenticator}
+
+    @property
+    def quits(self) -> int:
+        with self._recorder.lock:
+            return self._recorder.quits
 
     @property
     def mails(self) -> list[Mail]:
