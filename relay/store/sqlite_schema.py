@@ -39,7 +39,7 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
 
     CREATE TABLE deliveries (
-        delivery_id  TEXT PRIMARY KEY,      -- starts with the alert_id: the key doubles as the per-alert index
+        delivery_id  TEXT PRIMARY KEY,      -- starts with the alert_id (the per-alert index is deliveries_alert)
         alert_id     TEXT NOT NULL,
         desk_id      TEXT NOT NULL,
         channel      TEXT NOT NULL,
@@ -117,6 +117,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX inbound_messages_at ON inbound_messages (at);
 
     CREATE INDEX events_at ON events (at);
+    """,
+    # 5: every per-alert read of deliveries (a backup round, an ack, a give-up, reading an alert) scanned the whole
+    # table, slower with every alert ever kept (the ten-minute hostile soak found the relay's core full of it);
+    # and an SMS reply quoting the code of an alert given up in the last day scanned every alert
+    """
+    CREATE INDEX deliveries_alert ON deliveries (alert_id);
+    CREATE INDEX alerts_given_up_code ON alerts (short_code, closed_at) WHERE state = 'unacknowledged';
     """,
 ]
 
