@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from relay.domain.config import ConfigError, load_settings
+from relay.domain.model import stored_report
 from relay.domain.records import AlertRecord
 from relay.domain.render import SMS_LIMIT, Renderer
 from relay.domain.states import AlertState
@@ -29,7 +31,7 @@ def alert(code: str = "K7QX", priority: str = "immediate", stale: bool = False, 
     body.update(report)
     return AlertRecord(alert_id="01ALERT", report_id="r-1", operator_id="op-1", short_code=code,
                        state=AlertState.PENDING, priority=priority, stale=stale, created_at=time.time(),
-                       report=body, desks=("airfield-1",))
+                       report=stored_report(json.dumps(body)), desks=("airfield-1",))  # as a store reads it back
 
 
 R = Renderer(MSK, {})

@@ -4,6 +4,7 @@ the list and runs the same. What only SQLite has is in test_store_sqlite.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from relay.domain import short_code
+from relay.domain.clock import to_datetime
+from relay.domain.model import validate_report
 from relay.domain.records import (
     AcceptOutcome,
     AckRecord,
@@ -55,7 +58,11 @@ def new_alert(report_id: str = "r-1", *, operator: str = "op-1", code: str | Non
     alert = AlertRecord(
         alert_id=alert_id, report_id=report_id, operator_id=operator, short_code=code or short_code.new_code(),
         state=AlertState.PENDING, priority="immediate", stale=False, created_at=now,
-        report={"report_id": report_id, "caller": {"phone": "+79001234567"}}, desks=desks, deliveries=deliveries,
+        report=validate_report(json.dumps({
+            "report_id": report_id, "observed_at": to_datetime(now).isoformat(), "location": {"lat": 52.6, "lon": 39.6},
+            "caller": {"phone": "+79001234567"},
+        }), to_datetime(now)),
+        desks=desks, deliveries=deliveries,
         next_action_at=now + 900,
     )
     return NewAlert(alert, digest, "http")

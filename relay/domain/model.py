@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import enum
+import json
+import types
+import typing
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -146,12 +150,90 @@ class Report(_Strict):
     def is_stale(self, accepted_at: datetime) -> bool:
         return accepted_at - self.observed_at > STALE_AFTER
 
-    def as_submitted(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_unset=True)
+    def as_submitted(self, *, caller: bool = True) -> dict[str, Any]:
+        """The fields the operator gave, as JSON values (what the store keeps and the API shows); without the
+        caller's phone and name if not `caller`."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude=None if caller else _CALLER)
+
+
+_CALLER = {"caller"}
 
 
 def validate_report(body: bytes | str, now: datetime) -> Report:
     return Report.model_validate_json(body, context={"now": now})
+
+
+# ---- the report as an alert keeps it ---------------------------------------------------------------------
+#
+# An alert's report is stored as `as_submitted()` JSON and read back whenever the alert is (each backup send,
+# each API read). It was validated once, at intake, and is not validated again: a stored report must load
+# however old it is (the 24-hour rule is the intake's) and whatever rule was tightened since, and its text as it
+# was normalised then. It is rebuilt as pydantic's `model_construct` would (the same attributes, the same fields
+# set, so `as_submitted()` gives back the stored JSON), without that method's per-field default handling,
+# which made it as dear as validating again. How a JSON value becomes a field's value follows from the field's
+# type: a field added to Report, Location or Caller is read back without a change here, and a type this does
+# not know is refused at import.
+
+_M = TypeVar("_M", bound=BaseModel)
+_ABSENT: Any = object()
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _from_json(annotation: Any) -> Callable[[Any], Any] | None:
+    """What turns a stored JSON value of a field of this type into the field's value; None: the value is it."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _from_json(args[0])
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        (inner,) = (a for a in args if a is not type(None))  # X | None: None stays None
+        return _from_json(inner)
+    if annotation in (str, int, float, bool):
+        return None
+    if annotation is AwareDatetime or (isinstance(annotation, type) and issubclass(annotation, datetime)):
+        return datetime.fromisoformat
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return {m.value: m for m in annotation}.__getitem__  # a third of what calling the enum costs
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _trusted(annotation)
+    raise TypeError(f"a stored report cannot hold a {annotation!r}: teach relay.domain.model._from_json")
+
+
+def _trusted(cls: type[_M]) -> Callable[[dict[str, Any]], _M]:
+    """Builds a `cls` from already validated JSON values, without validating."""
+    for name, f in cls.model_fields.items():
+        if f.default_factory is not None:
+            raise TypeError(f"{cls.__name__}.{name}: a default factory is not supported for a stored report")
+    # Every field, in the fields' order (a model is dumped in its __dict__'s order); the defaults are immutable.
+    defaults = {name: _ABSENT if f.is_required() else f.default for name, f in cls.model_fields.items()}
+    convert = {name: _from_json(f.annotation) for name, f in cls.model_fields.items()}
+    required = frozenset(name for name, f in cls.model_fields.items() if f.is_required())
+    names = frozenset(defaults)
+
+    def build(values: dict[str, Any]) -> _M:
+        if not values.keys() >= required:
+            raise ValueError(f"stored {cls.__name__} without {', '.join(sorted(required - values.keys()))}")
+        attrs = defaults.copy()
+        for name, v in values.items():
+            if name in convert:  # a key no field has is left out, as model_construct does
+                c = convert[name]
+                attrs[name] = v if c is None or v is None else c(v)
+        m = _new(cls)
+        _set(m, "__dict__", attrs)
+        _set(m, "__pydantic_fields_set__", set(values) if names.issuperset(values) else values.keys() & names)
+        _set(m, "__pydantic_extra__", None)
+        _set(m, "__pydantic_private__", None)
+        return m
+
+    return build
+
+
+_stored = _trusted(Report)
+
+
+def stored_report(text: str | bytes) -> Report:
+    """A report from its stored JSON (`as_submitted()`), trusted: it was validated when it came in."""
+    return _stored(json.loads(text))
 
 
 # ---- what the API answers ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.domain.model import Priority
+from relay.domain.model import Priority, Report
 from relay.domain.states import AlertState, DeliveryState
 
 
@@ -48,7 +48,7 @@ class AlertRecord:
     priority: Priority
     stale: bool
     created_at: float
-    report: dict[str, Any]  # as submitted (validated), caller included
+    report: Report  # as submitted (validated at intake), caller included; `report.as_submitted()` is stored
     desks: tuple[str, ...]
     deliveries: tuple[DeliveryRecord, ...] = ()
     ack: AckRecord | None = None

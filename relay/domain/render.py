@@ -11,12 +11,11 @@ import json
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from relay.domain.clock import to_datetime
-from relay.domain.model import Priority
+from relay.domain.model import Location, Priority
 from relay.domain.records import AlertRecord
 from relay.domain.text import has_controls, normalise, single_line
 from relay.domain.vocabulary import compass, label, marks, short, word
@@ -39,7 +38,7 @@ DEFAULT_TEMPLATES = {
 
 def public_report(alert: AlertRecord) -> dict[str, Any]:
     """The report as a dispatcher may see it: the caller's phone and name stay with the 112 centre."""
-    return {k: v for k, v in alert.report.items() if k != "caller"}
+    return alert.report.as_submitted(caller=False)
 
 
 def mqtt_alert(alert: AlertRecord, desk_id: str, ack_topic: str) -> bytes:
@@ -54,7 +53,7 @@ def mqtt_alert(alert: AlertRecord, desk_id: str, ack_topic: str) -> bytes:
         "ack_topic": ack_topic,
         "desk_id": desk_id,
         "operator_id": alert.operator_id,
-        "status": alert.report.get("status", "actual"),
+        "status": alert.report.status.value,
         "stale": alert.stale,
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -83,39 +82,34 @@ class Renderer:
 
     def fields(self, alert: AlertRecord, ack_url: str = "") -> dict[str, str]:
         r = alert.report
-        loc = r.get("location", {})
-        seen = self._local(r.get("observed_at"))
-        heading = r.get("heading_deg")
-        alt = word("altitude", r.get("altitude", "unknown"))
-        if r.get("altitude_m") is not None:
-            alt = f"~{r['altitude_m']} м" if not alt else f"{alt} (~{r['altitude_m']} м)"
+        loc = r.location
+        seen = r.observed_at.astimezone(self.timezone)
+        heading = r.heading_deg
+        alt = word("altitude", r.altitude)
+        if r.altitude_m is not None:
+            alt = f"~{r.altitude_m} м" if not alt else f"{alt} (~{r.altitude_m} м)"
         return {
-            "mark": marks(r.get("status", "actual"), alert.priority),
-            "time": seen.strftime("%H:%M") if seen else "",
-            "date": seen.strftime("%d.%m.%Y") if seen else "",
+            "mark": marks(r.status, alert.priority),
+            "time": seen.strftime("%H:%M"),
+            "date": seen.strftime("%d.%m.%Y"),
             "place": place(loc),
-            "type": word("uav_type", r.get("uav_type", "unknown"), unknown="тип неизвестен"),
-            "type_short": short("uav_type", r.get("uav_type", "unknown")),
-            "count": str(r.get("count", 1)),
+            "type": word("uav_type", r.uav_type, unknown="тип неизвестен"),
+            "type_short": short("uav_type", r.uav_type),
+            "count": str(r.count),
             "heading": f", курс {compass(heading)}" if heading is not None else "",
             "altitude": f", {alt}" if alt else "",
-            "movement": word("movement", r.get("movement", "unknown")),
+            "movement": word("movement", r.movement),
             "code": alert.short_code,
             "report_id": alert.report_id,
             "alert_id": alert.alert_id,
-            "lat": f"{loc.get('lat', 0):.5f}",
-            "lon": f"{loc.get('lon', 0):.5f}",
-            "district": normalise(loc.get("district") or ""),
-            "address": normalise(loc.get("address") or ""),
-            "notes": normalise(r.get("notes") or ""),
+            "lat": f"{loc.lat:.5f}",
+            "lon": f"{loc.lon:.5f}",
+            "district": normalise(loc.district or ""),
+            "address": normalise(loc.address or ""),
+            "notes": normalise(r.notes or ""),
             "stale": "наблюдение устарело (более 10 мин)" if alert.stale else "",
             "ack_url": ack_url,
         }
-
-    def _local(self, observed_at: str | None) -> datetime | None:
-        if not observed_at:
-            return None
-        return datetime.fromisoformat(observed_at).astimezone(self.timezone)
 
     # ---- SMS ------------------------------------------------------------------------------------------
 
@@ -190,33 +184,31 @@ class Renderer:
     def report_lines(self, alert: AlertRecord) -> list[tuple[str, str]]:
         """The whole report (without the caller), as label/value pairs, for e-mail and the ack page."""
         r, f = alert.report, self.fields(alert)
-        loc = r.get("location", {})
+        loc = r.location
         lines = [
             (label("observed"), f"{f['date']} {f['time']}".strip()),
             (label("place"), f["place"]),
-            (label("coords"), f"{f['lat']}, {f['lon']}" + (f" (±{loc['accuracy_m']:g} м)" if loc.get("accuracy_m")
-                                                          else "")),
+            (label("coords"), f"{f['lat']}, {f['lon']}" + (f" (±{loc.accuracy_m:g} м)" if loc.accuracy_m else "")),
             (label("address"), f["address"]),
             (label("type"), f["type"]),
             (label("count"), f["count"]),
-            (label("heading"), f"{r['heading_deg']}° ({compass(r['heading_deg'])})"
-             if r.get("heading_deg") is not None else ""),
-            (label("bearing"), f"{r['bearing_deg']}°" if r.get("bearing_deg") is not None else ""),
+            (label("heading"), f"{r.heading_deg}° ({compass(r.heading_deg)})" if r.heading_deg is not None else ""),
+            (label("bearing"), f"{r.bearing_deg}°" if r.bearing_deg is not None else ""),
             (label("movement"), f["movement"]),
             (label("altitude"), f["altitude"].removeprefix(", ")),
-            (label("speed"), word("speed", r.get("speed", "unknown"))),
-            (label("sound"), word("sound", r.get("sound", "unknown"))),
-            (label("perception"), word("perception", r.get("perception", "unknown"))),
+            (label("speed"), word("speed", r.speed)),
+            (label("sound"), word("sound", r.sound)),
+            (label("perception"), word("perception", r.perception)),
             (label("notes"), f["notes"]),
             (label("attention"), f["stale"]),
         ]
         return [(k, v) for k, v in lines if v]
 
 
-def place(loc: Mapping[str, Any]) -> str:
+def place(loc: Location) -> str:
     """District, else address, else the coordinates: what a dispatcher can find on a map fastest."""
-    named = normalise(str(loc.get("district") or "")) or normalise(str(loc.get("address") or ""))
-    return named or f"{loc.get('lat', 0):.3f},{loc.get('lon', 0):.3f}"
+    named = normalise(loc.district or "") or normalise(loc.address or "")
+    return named or f"{loc.lat:.3f},{loc.lon:.3f}"
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -116,7 +116,7 @@ class Engine:
             "priority": report.priority,
             "stale": report.is_stale(datetime.fromtimestamp(now, report.observed_at.tzinfo)),
             "created_at": now,
-            "report": report.as_submitted(),
+            "report": report,
             "desks": tuple(d.id for d in desks),
             "deliveries": deliveries,
         }

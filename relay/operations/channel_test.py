@@ -19,7 +19,7 @@ from channels.sms import TwilioSmsChannel
 from relay.domain import render
 from relay.domain.clock import to_datetime
 from relay.domain.config import Settings
-from relay.domain.model import Priority
+from relay.domain.model import Location, Priority, Report, ReportStatus
 from relay.domain.records import AlertRecord
 from relay.domain.states import AlertState
 from relay.domain.topics import Topics
@@ -94,8 +94,8 @@ async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, repl
         record = AlertRecord(
             alert_id=ref, report_id=ref, operator_id="self-test", short_code="TEST", state=AlertState.PENDING,
             priority=Priority.ROUTINE, stale=False, created_at=now, desks=(desk.id,),
-            report={"report_id": ref, "observed_at": render_time(now), "location": {"lat": 0, "lon": 0},
-                    "status": "test", "notes": TEST_TEXT},
+            report=Report(report_id=ref, observed_at=to_datetime(now), location=Location(lat=0.0, lon=0.0),
+                          status=ReportStatus.TEST, notes=TEST_TEXT),
         )
         body = render.mqtt_alert(record, desk.id, topics.acks(desk.id))
         sends.append((Result("mqtt", desk.id, topics.alerts(desk.id)), mqtt,

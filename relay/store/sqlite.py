@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from relay.domain import transitions
 from relay.domain.clock import to_datetime
-from relay.domain.model import Priority
+from relay.domain.model import Priority, stored_report
 from relay.domain.records import (
     Accepted,
     AcceptOutcome,
@@ -530,7 +530,7 @@ def _op_accept(conn: sqlite3.Connection, new: NewAlert) -> Accepted:
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             a.alert_id, a.operator_id, a.report_id, new.content_sha256,
-            json.dumps(a.report, ensure_ascii=False, separators=(",", ":")), json.dumps(a.desks),
+            json.dumps(a.report.as_submitted(), ensure_ascii=False, separators=(",", ":")), json.dumps(a.desks),
             code, a.priority, int(a.stale), a.state.value, new.source, a.created_at, a.next_action_at,
             a.backup_rounds, a.last_backup_at,
         ),
@@ -852,7 +852,7 @@ def _hydrate(conn: sqlite3.Connection, rows: list[Any]) -> list[AlertRecord]:
 def _alert(row: Sequence[Any], deliveries: tuple[DeliveryRecord, ...], ack: AckRecord | None) -> AlertRecord:
     return AlertRecord(
         alert_id=row[0], report_id=row[1], operator_id=row[2], short_code=row[3], state=AlertState(row[4]),
-        priority=Priority(row[5]), stale=bool(row[6]), created_at=row[7], report=json.loads(row[8]),
+        priority=Priority(row[5]), stale=bool(row[6]), created_at=row[7], report=stored_report(row[8]),
         desks=tuple(json.loads(row[9])), deliveries=deliveries, ack=ack, next_action_at=row[10],
         backup_rounds=row[11], last_backup_at=row[12],
     )

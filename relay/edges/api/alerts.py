@@ -32,10 +32,8 @@ _ALERT_LIST = TypeAdapter(list[AlertView])  # serialises the whole list in one c
 
 
 def _shown(alert: AlertRecord, principal: Principal) -> AlertView:
-    view = alert_view(alert)
-    if principal.role is not Role.OPERATOR:  # the caller's phone and name stay with the 112 centre
-        view.report = {k: v for k, v in view.report.items() if k != "caller"}
-    return view
+    # the caller's phone and name stay with the 112 centre
+    return alert_view(alert, caller=principal.role is Role.OPERATOR)
 
 
 def _json(view: AlertView) -> web.Response:

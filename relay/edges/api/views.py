@@ -32,7 +32,8 @@ def ack_view(a: AckRecord) -> AckView:
     return AckView(desk_id=a.desk_id, channel=a.channel, by=a.by, at=to_datetime(a.at), latency_s=round(a.latency_s, 3))
 
 
-def alert_view(a: AlertRecord) -> AlertView:
+def alert_view(a: AlertRecord, *, caller: bool = True) -> AlertView:
+    """`caller`: with the caller's phone and name (an operator's view), else without (everyone else's)."""
     return AlertView(
         alert_id=a.alert_id,
         report_id=a.report_id,
@@ -42,7 +43,7 @@ def alert_view(a: AlertRecord) -> AlertView:
         priority=a.priority,
         stale=a.stale,
         created_at=to_datetime(a.created_at),
-        report=a.report,
+        report=a.report.as_submitted(caller=caller),
         desks=list(a.desks),
         deliveries=[delivery_view(d) for d in a.deliveries],
         ack=ack_view(a.ack) if a.ack else None,
