@@ -118,13 +118,34 @@ class LoopBoundClient(aiomqtt.Client):
     async def __aenter__(self) -> Self:
         # paho's connect() closes a socket it still holds, in the executor thread, behind the loop's back.
         self._drop_socket()
+        # aiomqtt renews these two futures only after a clean disconnect. After a lost connection both stay done:
+        # its __aenter__ then returns before the CONNACK (`_connected` done already), and a connection lost while
+        # it connects is ignored (`_on_disconnect` returns early on a `_disconnected` already done). The relay
+        # then believed itself connected while paho held no socket: every publish "The client is not currently
+        # connected", the channel never marked down, for a minute and a half in the hostile soak, until the
+        # relay itself was restarted.
+        if self._connected.done():
+            self._connected = asyncio.get_running_loop().create_future()
+        if self._disconnected.done():
+            self._disconnected = asyncio.get_running_loop().create_future()
         try:
-            return await super().__aenter__()
+            await super().__aenter__()
         except aiomqtt.MqttError:
             # No CONNACK in time leaves the socket open and watched; a late CONNACK would then pass for the
             # next attempt's.
             self._drop_socket()
             raise
+        if not self.holds_connection():
+            # lost between the CONNACK and here: aiomqtt forgets such a loss (it renews `_disconnected` last)
+            self._drop_socket()
+            self._connected = asyncio.get_running_loop().create_future()
+            self._lock.release()
+            raise aiomqtt.MqttError("connection lost while connecting")
+        return self
+
+    def holds_connection(self) -> bool:
+        """Whether paho has a socket and a session with the broker: the truth aiomqtt's futures can miss."""
+        return self._client._sock is not None and self._client.is_connected()
 
     async def publish_confirmed(
         self, topic: str, payload: bytes | str, *, retain: bool, properties: Properties | None
@@ -134,6 +155,12 @@ class LoopBoundClient(aiomqtt.Client):
         call: quadratic in a burst). Waits in `_pending_publishes` as aiomqtt's own publish does, so aiomqtt's
         `_on_publish` wakes it, and `_wake_waiting_publishes` at a lost connection."""
         info = self._client.publish(topic, payload, 1, retain, properties)
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            # paho keeps such a message to send at the next connection; the caller is told it failed and tries
+            # again itself, so paho's copy would only reach the console twice (the soak saw eleven copies)
+            with self._client._out_message_mutex:
+                self._client._out_messages.pop(info.mid, None)
+            self._failed(aiomqtt.MqttCodeError(info.rc, "the connection is gone"))
         if info.rc != paho.MQTT_ERR_SUCCESS:
             if self._disconnected.done() and self._disconnected.exception():
                 raise aiomqtt.MqttCodeError(info.rc, "Could not publish message") from self._disconnected.exception()
@@ -352,10 +379,21 @@ class MqttChannel:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(client))
+                if isinstance(client, LoopBoundClient):
+                    tg.create_task(self._watch(client))
                 await self._on_connect(client)
                 backoff.reset()
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
+
+    async def _watch(self, client: LoopBoundClient) -> None:
+        """Ends the connection once paho no longer holds one, whether or not aiomqtt heard of it: a channel that
+        calls itself up while every publish fails keeps the failover from starting."""
+        period = min(1.0, self._cfg.keepalive_s / 2)  # paho's state changes under it: nothing to wait on but time
+        while True:
+            await asyncio.sleep(period)
+            if not client.holds_connection():
+                raise aiomqtt.MqttError("the connection to the broker is gone")
 
     def _lost(self, client: aiomqtt.Client) -> None:
         """The connection is over: say so at once (the failover waits on it), and fail the publishes still waiting."""
