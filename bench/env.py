@@ -190,10 +190,10 @@ class World:
         self.procs.append(p)
         wait_port(self.broker_port, p.proc, "mosquitto")
 
-    def start_relay(self) -> None:
+    def start_relay(self, *, site: bool = False) -> None:
         self.relay_port = free_port()
         config = self.workdir / "relay.toml"
-        config.write_text(relay_toml(self.workdir, self.relay_port, self.broker_port))
+        config.write_text(relay_toml(self.workdir, self.relay_port, self.broker_port, site=site))
         p = _spawn("relay", [python(), "-m", "relay", "run", "--config", str(config)], self.workdir / "relay.stderr")
         self.procs.append(p)
         wait_ready(f"http://127.0.0.1:{self.relay_port}/readyz", p.proc, "relay")
@@ -238,14 +238,43 @@ class World:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def relay_toml(workdir: Path, http_port: int, broker_port: int) -> str:
+def relay_toml(workdir: Path, http_port: int, broker_port: int, *, site: bool = False) -> str:
+    """The minimal relay (one desk, MQTT only, warning logs), or with `site` what a site runs: a second desk that
+    every report is routed to as well, SMS and e-mail configured for both desks, info logs. The backups never fire
+    (no ack is due within the run), and their far ends are closed ports on 127.0.0.1: what the site profile adds
+    is the relay's own work per report (a second console delivery, its commit, the log lines)."""
     def q(s: str) -> str:
         return json.dumps(s)  # a JSON string is a valid TOML basic string
+
+    backups = f"""
+[sms]
+enabled = true
+provider = "twilio"
+account_sid = "AC{'0' * 32}"
+auth_token = "bench-auth-token-0123456789abcdef"
+from_number = "+79000000000"
+api_base_url = "http://127.0.0.1:{free_port()}"
+
+[email]
+enabled = true
+host = "127.0.0.1"
+port = {free_port()}
+from_address = "uav-relay@localhost"
+""" if site else ""
+    second_desk = f"""
+[[desks]]
+id = "airfield-2"
+name = "bench, second desk"
+token = {q(DESK_TOKEN + "-2")}
+sms = ["+79000000002"]
+email = ["duty@airfield-2.example"]
+""" if site else ""
+    desk_backups = '\nsms = ["+79000000001"]\nemail = ["duty@airfield-1.example"]' if site else ""
 
     return f"""\
 [relay]
 data_dir = {q(str(workdir))}
-log_level = "warning"
+log_level = "{'info' if site else 'warning'}"
 
 [store]
 url = {q(f"sqlite:///{workdir}/relay.db")}
@@ -264,7 +293,7 @@ client_id = "bench-relay"
 [escalation]
 give_up_s = 3600
 ack_timeout_s = 600
-
+{backups}
 [[operators]]
 id = "op-1"
 token = {q(OPERATOR_TOKEN)}
@@ -272,5 +301,5 @@ token = {q(OPERATOR_TOKEN)}
 [[desks]]
 id = {q(DESK_ID)}
 name = "bench"
-token = {q(DESK_TOKEN)}
-"""
+token = {q(DESK_TOKEN)}{desk_backups}
+{second_desk}"""

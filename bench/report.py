@@ -175,7 +175,9 @@ def render(m: dict[str, Any], r: dict[str, Any], plan: Plan) -> list[str]:
     return [
         f"uav-relay benchmark — {m['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
         f"mosquitto {m['mosquitto']}, Alertmanager {m.get('alertmanager', '?')}, store on {m['store_fs']}; "
-        f"relay at {m['relay_commit']}",
+        f"relay at {m['relay_commit']}; profile: "
+        + ("site (two desks, SMS and e-mail configured, info logs)" if plan.site else "minimal (one desk, MQTT, "
+           "warning logs)"),
         table.header(),
         table.rule(),
         lat(f"HTTP POST -> console (sequential, n={n})", seq.end_to_end, "p50<1.5ms p99<5ms",

@@ -26,6 +26,8 @@ class Plan:
     floor: int
     profile: str | None = None
     peer: bool = True  # also measure Alertmanager (bench/peer.py), where it is installed
+    # what a site runs: two routed desks, SMS and e-mail configured (not fired: no ack is due), info logs
+    site: bool = False
 
     @property
     def isolated(self) -> int:
