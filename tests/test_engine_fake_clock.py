@@ -8,6 +8,7 @@ time below is exact. Policy: the README's defaults (ack_timeout 10 s, repeat 60 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -245,3 +246,27 @@ async def test_a_warning_held_in_a_backlog_at_give_up_still_goes_once_if_it_reac
             assert last.state is DeliveryState.CANCELLED and last.sent_at is None
             await h.run_until(2000)
             assert len(h.sent("email")) == EMAIL_WORKERS + 1  # and nothing after: the rounds stopped
+
+
+async def test_a_primary_that_calls_itself_up_but_fails_every_publish_still_gets_each_alert_out_by_sms(
+    h: EngineHarness,
+) -> None:
+    """The soak's stuck MQTT channel (up, every publish "not currently connected"), with a surge: every alert's
+    warning leaves by the backups at once, none is given up having reached nobody, and the console is tried
+    again every retry_s until give-up without flooding it."""
+    h.channels["mqtt"].will(*[fails(FailureReason.UNREACHABLE)] * 10_000)
+    alerts = [await h.accept(h.report(f"stuck-{n}")) for n in range(30)]
+    assert h.times("email") == [0.0] * 30
+    await h.run_until(1)  # what followed the first SMS within the bundle window went as the next bundle
+    assert all(t <= 0.5 for t in h.times("sms"))
+    sms_codes = {c for s in h.sent("sms") for c in re.findall(r"[0-9A-Z]{4,6}", s.msg.body.decode())}
+    for alert_id in alerts:
+        alert = await h.alert(alert_id)
+        assert alert.short_code in sms_codes
+    await h.run_until(900)
+    for alert_id in alerts:
+        alert = await h.alert(alert_id)
+        assert alert.state is AlertState.UNACKNOWLEDGED
+        assert all(d.sent_at is not None for d in alert.deliveries if d.channel != "mqtt")
+    mqtt_tries = len(h.channels["mqtt"].attempts)
+    assert mqtt_tries <= 30 * (1 + 900 / 5)  # one try per retry_s per alert at most
