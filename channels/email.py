@@ -2,7 +2,7 @@
 
 Sessions are kept open between sends (`_Sessions`): while a surge of alerts goes unacknowledged every repeat
 round sends an e-mail per alert and address, and a session per e-mail (connect, EHLO, STARTTLS, AUTH, QUIT) cost
-most of the relay's CPU in the ten-minute hostile soak, with e-mail waits of nearly a second.
+the sender 4.9 ms of CPU per e-mail against 3.0 ms on a kept one (1,000 e-mails to aiosmtpd on loopback).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class _Sessions:
     """Open SMTP sessions between sends: at most one per send in flight, none kept unused for `idle_s`.
 
     A kept session may have been closed by the server meanwhile; the caller finds out on its first command and
-    opens a fresh one (`SmtpEmailChannel._deliver`)."""
+    opens a fresh one (`SmtpEmailChannel._send_on_session`)."""
 
     def __init__(self, open_one: Callable[[], Awaitable[aiosmtplib.SMTP]], idle_s: float, max_messages: int,
                  clock: Callable[[], float]) -> None:
@@ -103,10 +103,6 @@ class _Sessions:
         for session in self._idle:
             session.smtp.close()
         self._idle.clear()
-
-    @property
-    def kept(self) -> int:
-        return len(self._idle)
 
 
 class SmtpEmailChannel:
@@ -207,26 +203,26 @@ class SmtpEmailChannel:
             message = MIMEMultipart("alternative")
             message.attach(body)
             message.attach(MIMEText(msg.html, "html", "utf-8"))
-        message["From"] = self._cfg.from_address
-        message["To"] = msg.target
         message["Subject"] = Header(msg.subject, "utf-8")  # type: ignore[assignment]  # compat32 takes a Header
-        message["Date"] = formatdate(localtime=False)
-        message["Message-ID"] = make_msgid(domain=self._cfg.from_address.rpartition("@")[2] or None)
-        message["X-Relay-Key"] = msg.key
+        self._common_headers(message, msg)
         return message
 
     def _utf8_message(self, msg: Outgoing) -> EmailMessage:
         message = EmailMessage()  # its policy refuses a line break in any header value
-        message["From"] = self._cfg.from_address
-        message["To"] = msg.target
         message["Subject"] = msg.subject
-        message["Date"] = formatdate(localtime=False)
-        message["Message-ID"] = make_msgid(domain=self._cfg.from_address.rpartition("@")[2] or None)
-        message["X-Relay-Key"] = msg.key
+        self._common_headers(message, msg)
         message.set_content(msg.body.decode(), charset="utf-8")
         if msg.html:
             message.add_alternative(msg.html, subtype="html", charset="utf-8")
         return message
+
+    def _common_headers(self, message: Message, msg: Outgoing) -> None:
+        """The headers every letter has besides its subject."""
+        message["From"] = self._cfg.from_address
+        message["To"] = msg.target
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=self._cfg.from_address.rpartition("@")[2] or None)
+        message["X-Relay-Key"] = msg.key
 
     async def _open_session(self) -> aiosmtplib.SMTP:
         """Connect, EHLO, STARTTLS and login as the config says (aiosmtplib closes the socket if one fails)."""

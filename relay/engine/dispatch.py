@@ -154,7 +154,7 @@ class Dispatcher:
                 body=render.mqtt_alert(alert, d.desk_id, self._topics.acks(d.desk_id)),
             )
         else:
-            if not await self._worth_sending(alert.alert_id):  # acked while this waited for a worker: not sent
+            if not await self._worth_sending(alert.alert_id):  # acked (or given up) while it waited: not sent
                 await self._store.finish_attempt(d.delivery_id, AttemptOutcome.CANCELLED, self._clock.now())
                 return
             url = f"{self._public_url}/ack/{self._ack_links.token(alert.alert_id, d.desk_id, self._clock.now())}"
@@ -177,22 +177,23 @@ class Dispatcher:
                 self._in_flight.discard(item.delivery.delivery_id)
 
     async def _send_texts(self, plug: Plug, target: str, items: list[SmsItem]) -> None:
-        """One target's texts: what is still open goes out, bundled when several; what was acked meanwhile is not."""
-        still_open = []
+        """One target's texts: what is still worth sending goes out, bundled when several; what was acked meanwhile
+        is not."""
+        worth = []
         for item in items:
             if await self._worth_sending(item.alert.alert_id):
-                still_open.append(item)
+                worth.append(item)
             else:
                 await self._store.finish_attempt(item.delivery.delivery_id, AttemptOutcome.CANCELLED,
                                                  self._clock.now())
-        if len(still_open) > 1:
+        if len(worth) > 1:
             # a bundle that runs to many SMS sends those of alerts nobody has had yet first (flash ahead of all)
-            still_open = sorted(await self._renderable(plug, still_open),
+            worth = sorted(await self._renderable(plug, worth),
                                 key=lambda i: (transitions.reached_someone(i.alert), i.delivery.attempts))
-        if not still_open:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
+        if not worth:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
             return
-        by_alert = {i.alert.alert_id: i for i in still_open}
-        for text, alerts in self._render.sms_batches([i.alert for i in still_open]):
+        by_alert = {i.alert.alert_id: i for i in worth}
+        for text, alerts in self._render.sms_batches([i.alert for i in worth]):
             batch = [by_alert[a.alert_id] for a in alerts]
             msg = Outgoing(
                 key=",".join(i.delivery.delivery_id for i in batch), target=target, body=text.encode(),
