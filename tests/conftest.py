@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Mosquitto
+from tests.support.process import RelayProcess
 from tests.support.relay import RunningRelay, running_relay, settings_dict
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_fake import TwilioFake
@@ -56,3 +57,12 @@ async def twilio() -> AsyncIterator[TwilioFake]:
         yield fake
     finally:
         await fake.stop()
+
+
+@pytest.fixture
+def relay_process() -> Iterator[list[RelayProcess]]:
+    """Relays a test starts as subprocesses (append each); every one is stopped, by its own PID, at the end."""
+    started: list[RelayProcess] = []
+    yield started
+    for p in started:
+        p.stop()

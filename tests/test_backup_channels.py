@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +24,20 @@ from tests.support.relay import (
     settings_dict,
     with_backups,
 )
+from tests.support.site import Site
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_fake import Fault, TwilioFake
 from tests.support.wait import eventually, holds_for
 
 
-@dataclass
-class Setup:
-    relay: RunningRelay
-    broker: Mosquitto
-    smtp: SmtpServer
-    twilio: TwilioFake
-
-    @property
-    def public_url(self) -> str:
-        return str(self.relay.relay.settings.http.public_url)
-
-
 @pytest.fixture
 async def setup(broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path,
-                request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
+                request: pytest.FixtureRequest) -> AsyncIterator[Site]:
     escalation: dict[str, Any] = getattr(request, "param", {})
     cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=smtp.port,
                        twilio_url=twilio.base_url, **escalation)
     async with running_relay(cfg) as relay:
-        yield Setup(relay, broker, smtp, twilio)
+        yield Site(relay, broker, smtp, twilio)
 
 
 def escalation(**kw: float) -> Any:
@@ -72,7 +60,7 @@ def _deliveries(alert: dict[str, Any], channel: str) -> list[dict[str, Any]]:
 # ---- failover and escalation ------------------------------------------------------------------------------
 
 
-async def test_broker_killed_sms_and_email_go_out_within_a_second(setup: Setup) -> None:
+async def test_broker_killed_sms_and_email_go_out_within_a_second(setup: Site) -> None:
     setup.broker.kill()
     await eventually(lambda: _metric_is(setup.relay, 'relay_channel_up{channel="mqtt"}', 0), what="mqtt down")
     started = time.time()
@@ -90,7 +78,7 @@ async def test_broker_killed_sms_and_email_go_out_within_a_second(setup: Setup) 
 
 
 @escalation(ack_timeout_s=1.0, repeat_s=30)
-async def test_a_console_that_never_acks_gets_backups_at_ack_timeout_not_before(setup: Setup) -> None:
+async def test_a_console_that_never_acks_gets_backups_at_ack_timeout_not_before(setup: Site) -> None:
     async with Console(setup.broker.port, "airfield-1") as console:
         _, accepted = await setup.relay.post_report(report("silent-console"))
         alert = await console.next_alert()
@@ -107,7 +95,7 @@ async def test_a_console_that_never_acks_gets_backups_at_ack_timeout_not_before(
 
 
 @escalation(ack_timeout_s=0.5, repeat_s=1.0, give_up_s=3.2)
-async def test_backups_repeat_every_repeat_s_and_stop_at_give_up(setup: Setup) -> None:
+async def test_backups_repeat_every_repeat_s_and_stop_at_give_up(setup: Site) -> None:
     async with Console(setup.broker.port, "airfield-1") as console:
         _, accepted = await setup.relay.post_report(report("repeat-me"))
         await console.next_alert()
@@ -123,7 +111,7 @@ async def test_backups_repeat_every_repeat_s_and_stop_at_give_up(setup: Setup) -
     assert await setup.relay.metric("relay_alerts_unacknowledged_total") == 1
 
 
-async def test_flash_fires_every_channel_at_once(setup: Setup) -> None:
+async def test_flash_fires_every_channel_at_once(setup: Site) -> None:
     async with Console(setup.broker.port, "airfield-1") as console:
         started = time.time()
         _, accepted = await setup.relay.post_report(report("flash-1", priority="flash"))
@@ -142,7 +130,7 @@ async def test_flash_fires_every_channel_at_once(setup: Setup) -> None:
 
 @pytest.mark.parametrize("setup", [{"ack_timeout_s": 0.3, "repeat_s": 0.6}], indirect=True)
 @pytest.mark.parametrize("via", ["mqtt", "http"])
-async def test_an_ack_stops_every_pending_send(setup: Setup, via: str) -> None:
+async def test_an_ack_stops_every_pending_send(setup: Site, via: str) -> None:
     async with Console(setup.broker.port, "airfield-1") as console:
         _, accepted = await setup.relay.post_report(report("ack-stops"))
         alert = await console.next_alert()
@@ -165,7 +153,7 @@ async def test_an_ack_stops_every_pending_send(setup: Setup, via: str) -> None:
 # ---- ack by SMS reply ------------------------------------------------------------------------------------
 
 
-async def _failover_alert(setup: Setup, report_id: str) -> dict[str, Any]:
+async def _failover_alert(setup: Site, report_id: str) -> dict[str, Any]:
     setup.broker.kill()
     await eventually(lambda: _metric_is(setup.relay, 'relay_channel_up{channel="mqtt"}', 0), what="mqtt down")
     _, accepted = await setup.relay.post_report(report(report_id))
@@ -173,7 +161,7 @@ async def _failover_alert(setup: Setup, report_id: str) -> dict[str, Any]:
     return accepted
 
 
-async def test_an_sms_reply_with_the_code_acknowledges(setup: Setup) -> None:
+async def test_an_sms_reply_with_the_code_acknowledges(setup: Site) -> None:
     accepted = await _failover_alert(setup, "sms-ack")
     status, twiml = await TwilioFake.inbound(setup.public_url, DESK1_PHONE2, f"принято {accepted['short_code']}")
     assert status == 200
@@ -184,7 +172,7 @@ async def test_an_sms_reply_with_the_code_acknowledges(setup: Setup) -> None:
     assert await setup.relay.metric('relay_ack_seconds_count{channel="sms"}') == 1
 
 
-async def test_a_code_typed_on_a_russian_keyboard_counts(setup: Setup) -> None:
+async def test_a_code_typed_on_a_russian_keyboard_counts(setup: Site) -> None:
     accepted = await _failover_alert(setup, "sms-cyrillic")
     code = accepted["short_code"]
     typed = code.lower().translate(str.maketrans("abcehkmptxy", "авсенкмртху"))
@@ -193,7 +181,7 @@ async def test_a_code_typed_on_a_russian_keyboard_counts(setup: Setup) -> None:
     assert (await setup.relay.alert(accepted["alert_id"]))["state"] == "acknowledged"
 
 
-async def test_an_sms_from_a_number_not_on_the_alerts_desks_never_acks(setup: Setup) -> None:
+async def test_an_sms_from_a_number_not_on_the_alerts_desks_never_acks(setup: Site) -> None:
     accepted = await _failover_alert(setup, "sms-wrong-number")
     for phone in (DESK2_PHONE, "+79995554433"):  # another desk's phone (not routed), a stranger
         status, twiml = await TwilioFake.inbound(setup.public_url, phone, accepted["short_code"])
@@ -206,7 +194,7 @@ async def test_an_sms_from_a_number_not_on_the_alerts_desks_never_acks(setup: Se
         DESK2_PHONE, "+79995554433"]
 
 
-async def test_a_wrong_code_is_explained_and_acks_nothing(setup: Setup) -> None:
+async def test_a_wrong_code_is_explained_and_acks_nothing(setup: Site) -> None:
     accepted = await _failover_alert(setup, "sms-wrong-code")
     wrong = "ZZZZ" if accepted["short_code"] != "ZZZZ" else "YYYY"
     status, twiml = await TwilioFake.inbound(setup.public_url, DESK1_PHONE, wrong)
@@ -218,7 +206,7 @@ async def test_a_wrong_code_is_explained_and_acks_nothing(setup: Setup) -> None:
 
 
 @pytest.mark.parametrize("signature", [None, "Zm9yZ2VkIHNpZ25hdHVyZQ=="], ids=["unsigned", "forged"])
-async def test_an_unsigned_or_forged_sms_webhook_is_refused(setup: Setup, signature: str | None) -> None:
+async def test_an_unsigned_or_forged_sms_webhook_is_refused(setup: Site, signature: str | None) -> None:
     accepted = await _failover_alert(setup, f"sms-{signature is None}")
     status, _ = await TwilioFake.inbound(setup.public_url, DESK1_PHONE, accepted["short_code"], signature=signature)
     assert status == 403
@@ -233,7 +221,7 @@ def _ack_link(mail_text: str) -> str:
     return next(word for word in mail_text.split() if "/ack/" in word)
 
 
-async def test_the_email_link_shows_the_alert_on_get_and_acks_only_on_post(setup: Setup) -> None:
+async def test_the_email_link_shows_the_alert_on_get_and_acks_only_on_post(setup: Site) -> None:
     accepted = await _failover_alert(setup, "mail-ack")
     mail = (await setup.smtp.wait_for(1))[0]
     assert accepted["short_code"] in mail.message["Subject"]
@@ -255,7 +243,7 @@ async def test_the_email_link_shows_the_alert_on_get_and_acks_only_on_post(setup
                                                                             "Капитан Смирнов")
 
 
-async def test_a_forged_or_expired_email_link_is_refused(setup: Setup) -> None:
+async def test_a_forged_or_expired_email_link_is_refused(setup: Site) -> None:
     from relay.engine.ack_links import KEY_FILE, AckLinkSigner
 
     accepted = await _failover_alert(setup, "mail-forged")
@@ -277,7 +265,7 @@ async def test_a_forged_or_expired_email_link_is_refused(setup: Setup) -> None:
 # ---- provider faults -------------------------------------------------------------------------------------
 
 
-async def test_twilio_500_then_429_then_success_still_delivers_one_sms(setup: Setup) -> None:
+async def test_twilio_500_then_429_then_success_still_delivers_one_sms(setup: Site) -> None:
     setup.twilio.faults += [Fault(500), Fault(429, 20429)]
     accepted = await _failover_alert(setup, "twilio-flaky")
     await setup.twilio.wait_for(2)
@@ -290,7 +278,7 @@ async def test_twilio_500_then_429_then_success_still_delivers_one_sms(setup: Se
     await eventually(both_sent, what="both SMS deliveries recorded as sent")
 
 
-async def test_a_permanent_twilio_error_fails_that_number_without_retrying(setup: Setup) -> None:
+async def test_a_permanent_twilio_error_fails_that_number_without_retrying(setup: Site) -> None:
     setup.twilio.invalid_numbers.add(DESK1_PHONE2)
     accepted = await _failover_alert_one(setup, "twilio-bad-number")
 
@@ -308,7 +296,7 @@ async def test_a_permanent_twilio_error_fails_that_number_without_retrying(setup
 
 
 @escalation(ack_timeout_s=0.3, repeat_s=30, retry_s=0.5)
-async def test_smtp_down_then_back_the_email_still_goes_out(setup: Setup) -> None:
+async def test_smtp_down_then_back_the_email_still_goes_out(setup: Site) -> None:
     setup.smtp.stop()
     async with Console(setup.broker.port, "airfield-1") as console:
         _, accepted = await setup.relay.post_report(report("smtp-down"))
@@ -332,7 +320,7 @@ async def test_smtp_down_then_back_the_email_still_goes_out(setup: Setup) -> Non
     assert email["attempts"] == 2
 
 
-async def test_status_callbacks_mark_an_sms_delivered_or_failed(setup: Setup) -> None:
+async def test_status_callbacks_mark_an_sms_delivered_or_failed(setup: Site) -> None:
     accepted = await _failover_alert(setup, "sms-receipts")
     one, two = sorted(setup.twilio.messages, key=lambda m: m.to)
     assert one.status_callback.startswith(setup.public_url + "/webhooks/twilio/status?")
@@ -351,7 +339,7 @@ async def test_status_callbacks_mark_an_sms_delivered_or_failed(setup: Setup) ->
     assert (await post_signed(tampered, {"MessageStatus": "delivered"}, signature="AAAA"))[0] == 403
 
 
-async def test_sms_to_one_phone_in_a_surge_go_out_bundled(setup: Setup) -> None:
+async def test_sms_to_one_phone_in_a_surge_go_out_bundled(setup: Site) -> None:
     setup.broker.kill()
     await eventually(lambda: _metric_is(setup.relay, 'relay_channel_up{channel="mqtt"}', 0), what="mqtt down")
     codes = []
@@ -365,7 +353,7 @@ async def test_sms_to_one_phone_in_a_surge_go_out_bundled(setup: Setup) -> None:
     assert len(to_one[1].body) <= 134
 
 
-async def test_stop_and_start_replies_switch_sms_off_and_on(setup: Setup) -> None:
+async def test_stop_and_start_replies_switch_sms_off_and_on(setup: Site) -> None:
     status, twiml = await TwilioFake.inbound(setup.public_url, DESK1_PHONE2, "STOP")
     assert status == 200 and "остановлена" in twiml
     accepted = await _failover_alert_one(setup, "after-stop")
@@ -377,7 +365,7 @@ async def test_stop_and_start_replies_switch_sms_off_and_on(setup: Setup) -> Non
     assert "возобновлена" in twiml
 
 
-async def _failover_alert_one(setup: Setup, report_id: str) -> dict[str, Any]:
+async def _failover_alert_one(setup: Site, report_id: str) -> dict[str, Any]:
     setup.broker.kill()
     await eventually(lambda: _metric_is(setup.relay, 'relay_channel_up{channel="mqtt"}', 0), what="mqtt down")
     _, accepted = await setup.relay.post_report(report(report_id))
@@ -386,7 +374,7 @@ async def _failover_alert_one(setup: Setup, report_id: str) -> dict[str, Any]:
     return accepted
 
 
-async def test_a_dead_sms_provider_shows_as_a_sick_channel(setup: Setup) -> None:
+async def test_a_dead_sms_provider_shows_as_a_sick_channel(setup: Site) -> None:
     setup.twilio.faults += [Fault(503)] * 40
     await _failover_alert_none(setup, "sick-sms")
     await eventually(lambda: _metric_is(setup.relay, 'relay_channel_up{channel="sms"}', 0), timeout=10,
@@ -397,7 +385,7 @@ async def test_a_dead_sms_provider_shows_as_a_sick_channel(setup: Setup) -> None
     assert "circuit open" in ready["channels"]["sms"]["detail"]
 
 
-async def _failover_alert_none(setup: Setup, report_id: str) -> dict[str, Any]:
+async def _failover_alert_none(setup: Site, report_id: str) -> dict[str, Any]:
     setup.broker.kill()
     await eventually(lambda: _metric_is(setup.relay, 'relay_channel_up{channel="mqtt"}', 0), what="mqtt down")
     _, accepted = await setup.relay.post_report(report(report_id))
@@ -420,7 +408,7 @@ async def test_email_over_starttls_with_a_login(broker: Mosquitto, twilio: Twili
                            twilio_url=twilio.base_url)
         cfg["email"] |= {"starttls": True, "username": "relay", "password": password, "ca_file": str(server.ca_file)}
         async with running_relay(cfg) as relay:
-            setup = Setup(relay, broker, server, twilio)
+            setup = Site(relay, broker, server, twilio)
             accepted = await _failover_alert(setup, f"tls-{password}")
             if password == "smtp-secret-pass":
                 mail = (await server.wait_for(1))[0]

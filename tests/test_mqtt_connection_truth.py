@@ -36,6 +36,12 @@ async def channel(broker: Mosquitto) -> AsyncIterator[MqttChannel]:
         await asyncio.wait([task])
 
 
+def _health_changes(ch: MqttChannel) -> list[HealthState]:
+    states: list[HealthState] = []
+    ch.health.on_change(lambda change: states.append(change.state))
+    return states
+
+
 def _lose_socket_quietly(ch: MqttChannel) -> None:
     """What the soak saw: paho's socket gone, and nothing told aiomqtt (no on_disconnect)."""
     client = ch._client
@@ -47,8 +53,7 @@ def _lose_socket_quietly(ch: MqttChannel) -> None:
 async def test_a_connection_paho_lost_unnoticed_is_marked_down_and_replaced(
     channel: MqttChannel, broker: Mosquitto
 ) -> None:
-    states: list[HealthState] = []
-    channel.health.on_change(lambda change: states.append(change.state))
+    states = _health_changes(channel)
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="console-truth") as console:
         await console.subscribe(TOPIC, qos=1)
         _lose_socket_quietly(channel)
@@ -64,8 +69,7 @@ async def test_a_connection_paho_lost_unnoticed_is_marked_down_and_replaced(
 async def test_a_publish_that_finds_no_connection_fails_and_never_arrives_later(
     channel: MqttChannel, broker: Mosquitto
 ) -> None:
-    states: list[HealthState] = []
-    channel.health.on_change(lambda change: states.append(change.state))
+    states = _health_changes(channel)
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="console-dups") as console:
         await console.subscribe(TOPIC, qos=1)
         _lose_socket_quietly(channel)

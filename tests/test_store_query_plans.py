@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from relay.domain.states import AlertState
+from relay.store.sqlite_schema import migrate
 from tests.support.engine_harness import EngineHarness, store_file
 
 BIG_TABLES = {"alerts", "deliveries", "acks", "events", "alert_desks", "auth_failures", "inbound_messages"}
@@ -71,8 +72,6 @@ async def test_no_statement_on_the_relay_s_paths_scans_a_table(tmp_path: Path, m
 
 def _scans(statements: set[str], tmp_path: Path) -> list[str]:
     """EXPLAIN each statement on a copy of the schema: which of them read a big table whole."""
-    from relay.store.sqlite_schema import migrate
-
     db = sqlite3.connect(tmp_path / "plans.db", isolation_level=None)
     migrate(db)
     found = []

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.console import Console
@@ -27,14 +25,6 @@ def process_settings(broker: Mosquitto, tmp_path: Path, **http: Any) -> dict[str
                    "rate_per_s": 100000, "rate_burst": 100000, **http}
     cfg["relay"]["log_level"] = "info"
     return cfg
-
-
-@pytest.fixture
-def relay_process(tmp_path: Path) -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 async def start_relay(cfg: dict[str, Any], tmp_path: Path, started: list[RelayProcess]) -> RelayProcess:

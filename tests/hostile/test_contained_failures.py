@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import unicodedata
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,12 +27,12 @@ from tests.support.relay import (
     DESK1_EMAIL,
     DESK1_PHONE,
     DESK_TOKEN,
-    RunningRelay,
     report,
     running_relay,
     settings_dict,
     with_backups,
 )
+from tests.support.site import Site as BackupSite
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_fake import ACCOUNT_SID, TwilioFake, post_signed
 from tests.support.wait import eventually
@@ -57,21 +56,7 @@ def raising(exc: Exception, *, times: int = 1_000_000) -> Callable[..., Any]:
     return fail
 
 
-@dataclass
-class Site:
-    relay: RunningRelay
-    broker: Mosquitto
-    smtp: SmtpServer
-    twilio: TwilioFake
-
-    @property
-    def public_url(self) -> str:
-        return str(self.relay.relay.settings.http.public_url)
-
-    async def deliveries(self, alert_id: str, channel: str) -> list[dict[str, Any]]:
-        alert = await self.relay.alert(alert_id)
-        return [d for d in alert["deliveries"] if d["channel"] == channel]
-
+class Site(BackupSite):
     async def failures(self, kind: str) -> float:
         return await self.relay.metric(f'relay_job_failures_total{{kind="{kind}"}}')
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -112,14 +112,6 @@ async def test_reads_waiting_when_the_store_stops_get_store_unavailable(tmp_path
     assert any(isinstance(o, StoreUnavailable) for o in outcomes)
     with pytest.raises(StoreUnavailable):
         await store.list_alerts(states=None, limit=1)
-
-
-@pytest.fixture
-def relay_process(tmp_path: Path) -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 async def _metric(http: aiohttp.ClientSession, url: str, series: str) -> float:
