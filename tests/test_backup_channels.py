@@ -3,7 +3,6 @@ acks on every channel. Real Mosquitto, real aiosmtpd, the real twilio client aga
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -97,14 +96,17 @@ async def test_a_console_that_never_acks_gets_backups_at_ack_timeout_not_before(
 @escalation(ack_timeout_s=0.5, repeat_s=1.0, give_up_s=3.2)
 async def test_backups_repeat_every_repeat_s_and_stop_at_give_up(setup: Site) -> None:
     async with Console(setup.broker.port, "airfield-1") as console:
+        posted = time.time()
         _, accepted = await setup.relay.post_report(report("repeat-me"))
         await console.next_alert()
         closed = await eventually(lambda: _state(setup.relay, accepted["alert_id"], "unacknowledged"), timeout=8,
                                   what="given up")
-    to_one = [m.at for m in setup.twilio.messages if m.to == DESK1_PHONE]
-    assert len(to_one) == 3  # at 0.5 s, 1.5 s, 2.5 s; give-up at 3.2 s
-    gaps = [b - a for a, b in itertools.pairwise(to_one)]
-    assert all(0.9 <= g <= 1.5 for g in gaps), gaps
+    to_one = [m.at - posted for m in setup.twilio.messages if m.to == DESK1_PHONE]
+    assert len(to_one) == 3  # due at 0.5 s, 1.5 s, 2.5 s; give-up at 3.2 s
+    # Each round leaves at its due time (never early), and reaches the provider within 0.6 s of it: the first
+    # call's connection set-up can take a few hundred ms on a loaded machine, so gaps between arrivals are not
+    # what is due every repeat_s; the rounds are.
+    assert all(0.5 + k <= t <= 0.5 + k + 0.6 for k, t in enumerate(to_one)), to_one
     assert all(d["state"] not in ("queued", "sending") for d in closed["deliveries"])
     count = len(setup.twilio.messages)
     await holds_for(lambda: len(setup.twilio.messages) == count, seconds=1.2, what="no SMS after give-up")
