@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from relay.domain.states import AlertState
+from relay.domain.tracks import TrackParams
 from relay.store.sqlite_schema import migrate
 from tests.support.engine_harness import EngineHarness, store_file
 
-BIG_TABLES = {"alerts", "deliveries", "acks", "events", "alert_desks", "auth_failures", "inbound_messages"}
+BIG_TABLES = {"alerts", "deliveries", "acks", "events", "alert_desks", "auth_failures", "inbound_messages", "tracks"}
 
 # Statements allowed to scan, and why they may.
 ALLOWED = {
@@ -30,6 +31,8 @@ ALLOWED = {
     "alerts_with_sending": re.compile(r"WHERE alert_id IN \(SELECT alert_id FROM deliveries WHERE state = 'sending'\)"),
     # the newest failed authentications: walks the index on last_at from the end and stops at the LIMIT
     "audit_auth_failures": re.compile(r"FROM auth_failures ORDER BY last_at DESC LIMIT"),
+    # migration 6: every alert stored before tracks becomes a track of its own, once
+    "migration_6": re.compile(r"UPDATE alerts SET track_id = alert_id$|SELECT alert_id, '', created_at, created_at"),
 }
 
 
@@ -64,6 +67,20 @@ async def test_no_statement_on_the_relay_s_paths_scans_a_table(tmp_path: Path, m
             await store.find_by_code("K7QX", h.clock.now())
             await store.audit_log(limit=100)
             await store.prune(h.clock.now() - 10, batch=100)
+    (tmp_path / "tracks").mkdir()
+    with store_file(tmp_path / "tracks") as path:
+        async with EngineHarness(path, tracks=TrackParams()) as h:  # seven calls, one drone: one track
+            ids = [await h.accept(h.report(f"call-{n}")) for n in range(7)]
+            await h.run_until(75)
+            track_id = (await h.alert(ids[0])).track_id
+            store = h.store
+            await store.list_tracks(since=h.clock.now() - 1000, limit=100, desk_id="airfield-1")
+            await store.list_tracks(since=None, limit=100, operator_id="op-1")
+            await store.get_track(track_id)
+            await h.ack(ids[3])
+            await h.accept(h.report("call-after-ack"))
+            await h.restart(down_for=5)
+            await h.engine.ack_track(track_id, "airfield-1", "Иванов", "test")
 
     monkeypatch.setattr(sqlite3, "connect", real_connect)
     scans = _scans(statements, tmp_path)

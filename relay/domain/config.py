@@ -220,6 +220,15 @@ class EscalationSection(Section):
         return self
 
 
+class TracksSection(Section):
+    """Reports of one object become one track (CONTRACT.md, "Tracks"). Off by default: v1's one alarm per report."""
+
+    enabled: bool = False
+    join_window_s: float = Field(600, gt=0, le=86_400)
+    max_speed_kmh: float = Field(250, gt=0, le=5_000)
+    position_error_km: float = Field(2.0, ge=0, le=100)
+
+
 class HasToken(Section):
     id: str = Field(pattern=ID_PATTERN)
     token: SecretStr | None = None
@@ -293,6 +302,7 @@ class Settings(BaseSettings):
     sms: SmsSection = SmsSection()
     email: EmailSection = EmailSection()
     escalation: EscalationSection = EscalationSection()
+    tracks: TracksSection = TracksSection()
     templates: TemplatesSection = TemplatesSection()
     canary: CanarySection = CanarySection()
     operators: list[OperatorConfig] = Field(default_factory=list)

@@ -61,12 +61,24 @@ Action = SendPrimary | SendBackups | RetryBackups | GiveUp
 
 
 @dataclass(frozen=True, slots=True)
+class TrackChain:
+    """The alert's track, as the rule needs it. A track has one backup chain, carried by its lead (its oldest open
+    alert that is not `flash`); each of the lead's rounds lists the track's other open codes. A `flash` alert
+    always carries its own."""
+
+    lead: bool
+    opened_at: float  # the track's first alert: the ack timeout counts from it
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     actions: tuple[Action, ...]
     schedule: Schedule
 
 
-def plan(alert: AlertRecord, policy: Policy, now: float, *, primary_up: bool) -> Plan:
+def plan(
+    alert: AlertRecord, policy: Policy, now: float, *, primary_up: bool, track: TrackChain | None = None
+) -> Plan:
     rounds, last_backup = alert.backup_rounds, alert.last_backup_at
     if alert.state not in OPEN_ALERT_STATES:
         return Plan((), Schedule(None, rounds, last_backup))
@@ -102,9 +114,14 @@ def plan(alert: AlertRecord, policy: Policy, now: float, *, primary_up: bool) ->
             elif primary_failed or (unsent and not primary_up):
                 backup_at, reason = now, BackupReason.FAILOVER
             else:
-                backup_at, reason = alert.created_at + policy.ack_timeout_s, BackupReason.ACK_TIMEOUT
+                started = alert.created_at if track is None else min(track.opened_at, alert.created_at)
+                backup_at, reason = started + policy.ack_timeout_s, BackupReason.ACK_TIMEOUT
         else:
             backup_at, reason = (last_backup or alert.created_at) + policy.repeat_s, BackupReason.REPEAT
+        if track is not None and not track.lead and alert.priority != Priority.FLASH:
+            # the lead's rounds carry this alert; look again when they would fall due, in case the lead is gone
+            due.append(backup_at if backup_at > now else now + policy.repeat_s)
+            return Plan(tuple(actions), Schedule(min(due), rounds, last_backup))
         if backup_at <= now:
             actions.append(SendBackups(reason))  # a round re-arms every backup delivery, the failed ones too
             rounds, last_backup = rounds + 1, now

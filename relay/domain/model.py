@@ -256,6 +256,7 @@ class AckView(BaseModel):
     by: str
     at: datetime
     latency_s: float
+    via_track: bool = False  # the desk acknowledged the alert's track, not this alert by itself
 
 
 class AlertView(BaseModel):
@@ -271,6 +272,7 @@ class AlertView(BaseModel):
     desks: list[str]
     deliveries: list[DeliveryView]
     ack: AckView | None
+    track_id: str
 
 
 class AcceptedView(BaseModel):
@@ -307,3 +309,48 @@ class EventView(BaseModel):
     short_code: str
     desks: list[str]
     ack: AckView | None = None
+    track_id: str | None = None
+
+
+TRACK_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class TrackPosition(BaseModel):
+    lat: float
+    lon: float
+
+
+class TrackDeskView(BaseModel):
+    desk_id: str
+    acknowledged: bool
+    distance_km: float | None  # from the desk's airfield (its area's centre); null without an area
+    bearing_deg: int | None
+    eta_s: int | None  # to the airfield at the estimated speed, when the track approaches it
+
+
+class TrackView(BaseModel):
+    """Several reports the relay holds to be one object in flight (CONTRACT.md, "Tracks")."""
+
+    track_id: str
+    state: str  # open | acknowledged | closed
+    alert_ids: list[str]
+    reports: int
+    first_seen: datetime
+    last_seen: datetime
+    position: TrackPosition
+    heading_deg: int | None
+    speed_kmh: float | None
+    uav_type: str
+    count: int
+    status: str
+    priority: str
+    desks: list[TrackDeskView]
+
+
+class MergeRequest(_Strict):
+    into: str = Field(pattern=TRACK_ID_PATTERN)
+    by: Text = Field("", max_length=100)
+
+
+class SplitRequest(_Strict):
+    by: Text = Field("", max_length=100)

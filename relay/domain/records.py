@@ -7,8 +7,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.domain import tracks
 from relay.domain.model import Priority, Report
 from relay.domain.states import AlertState, DeliveryState
+from relay.domain.tracks import Sighting, TrackState
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,7 @@ class AckRecord:
     at: float
     latency_s: float
     source: str = ""  # where it came from: a remote address, a phone number, an MQTT topic
+    via_track: bool = False  # the ack of the alert's track, not of this alert itself (CONTRACT.md, "Tracks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,61 @@ class AlertRecord:
     next_action_at: float | None = None
     backup_rounds: int = 0
     last_backup_at: float | None = None
+    track_id: str = ""  # the track it belongs to (stored); every alert has one, a lone report its own
+    # Not stored: what the engine knows of the track when it hands the alert to a channel (the console's payload
+    # carries the track; a backup round's texts list the track's other open codes).
+    track: TrackContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackContext:
+    estimate: TrackState
+    alert_ids: tuple[str, ...]
+    acknowledged: bool = False
+    update_for: frozenset[str] = frozenset()  # desks that already had an alert of this track
+    other_codes: tuple[str, ...] = ()  # the track's other open short codes (for a backup round)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackAlert:
+    """An alert as its track needs it."""
+
+    alert_id: str
+    operator_id: str
+    short_code: str
+    state: AlertState
+    priority: Priority
+    created_at: float
+    desks: tuple[str, ...]
+    sighting: Sighting
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAlert:
+    alert_id: str
+    short_code: str
+    priority: Priority
+
+
+@dataclass(frozen=True, slots=True)
+class OpenInTrack:
+    """What a track's backup chain needs: when the track began, and its open alerts, oldest first."""
+
+    opened_at: float
+    open: tuple[OpenAlert, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackRecord:
+    """A track as stored: the correlator's estimate, and who acknowledged it."""
+
+    track_id: str
+    estimate: TrackState
+    opened_at: float  # its first alert's acceptance: the track's backups count from it
+    updated_at: float
+    ack: AckRecord | None = None  # the ack that covers every alert of the track, later ones too
+    merged_into: str | None = None  # a dispatcher merged it into that track; it holds no alerts now
+    alerts: tuple[TrackAlert, ...] = ()  # oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +120,11 @@ class NewAlert:
     alert: AlertRecord
     content_sha256: str  # replay with the same report_id is the same report only if this matches
     source: str  # http | mqtt
+    track: TrackState | None = None  # the alert's track as it is with this report in it; None: a track of its own
+
+    def track_estimate(self) -> TrackState:
+        a = self.alert
+        return self.track or tracks.start(Sighting.of(a.report), a.track_id or a.alert_id)
 
 
 class AcceptOutcome(enum.StrEnum):
@@ -92,6 +155,7 @@ class AckResult:
     alert: AlertRecord  # after the ack
     was_open: bool = False  # it closed an open alert (not one already given up)
     cancelled: int = 0  # queued sends stopped by it
+    track: tuple[AckResult, ...] = ()  # the track's other alerts it closed (each with the track's ack)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from relay.domain.clock import to_datetime
 from relay.domain.model import Location, Priority
 from relay.domain.records import AlertRecord
 from relay.domain.text import has_controls, normalise, single_line
+from relay.domain.track_summary import track_json
 from relay.domain.vocabulary import compass, label, marks, short, word
 
 # Cyrillic forces UCS-2: 70 characters in one SMS, 67 per segment once split. Two segments arrive together
@@ -27,11 +28,12 @@ SMS_LIMIT = 134
 # The fields a template may use ({name}).
 FIELDS = (
     "mark", "time", "date", "place", "type", "type_short", "count", "heading", "altitude", "movement", "code",
-    "report_id", "alert_id", "lat", "lon", "district", "address", "notes", "stale", "ack_url",
+    "report_id", "alert_id", "lat", "lon", "district", "address", "notes", "stale", "ack_url", "track",
 )
 
 DEFAULT_TEMPLATES = {
-    "sms": "{mark}БПЛА {time} {place}: {type_short} x{count}{heading}{altitude}. Код {code}, ответьте им",
+    # {track}: the other open codes of the alert's track, which one backup round carries together ("(+K7M P2X)")
+    "sms": "{mark}БПЛА {time} {place}: {type_short} x{count}{heading}{altitude}. Код {code}{track}, ответьте им",
     "email_subject": "{mark}[БПЛА] {code}: {type}, {place}, {time}",
 }
 
@@ -55,7 +57,13 @@ def mqtt_alert(alert: AlertRecord, desk_id: str, ack_topic: str) -> bytes:
         "operator_id": alert.operator_id,
         "status": alert.report.status.value,
         "stale": alert.stale,
+        "track_id": alert.track_id or alert.alert_id,
     }
+    t = alert.track
+    if t is not None:
+        body["update"] = desk_id in t.update_for
+        state = "acknowledged" if t.acknowledged and alert.ack is not None else "open"
+        body["track"] = track_json(t.estimate, state, t.alert_ids)
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -109,7 +117,12 @@ class Renderer:
             "notes": normalise(r.notes or ""),
             "stale": "наблюдение устарело (более 10 мин)" if alert.stale else "",
             "ack_url": ack_url,
+            "track": f" (+{_codes(self.other_codes(alert), ' ')})" if self.other_codes(alert) else "",
         }
+
+    @staticmethod
+    def other_codes(alert: AlertRecord) -> tuple[str, ...]:
+        return () if alert.track is None else alert.track.other_codes
 
     # ---- SMS ------------------------------------------------------------------------------------------
 
@@ -201,6 +214,8 @@ class Renderer:
             (label("perception"), word("perception", r.perception)),
             (label("notes"), f["notes"]),
             (label("attention"), f["stale"]),
+            (label("track"), label("track_codes").format(codes=_codes(self.other_codes(alert), ", ", 50))
+             if self.other_codes(alert) else ""),
         ]
         return [(k, v) for k, v in lines if v]
 
@@ -209,6 +224,16 @@ def place(loc: Location) -> str:
     """District, else address, else the coordinates: what a dispatcher can find on a map fastest."""
     named = normalise(loc.district or "") or normalise(loc.address or "")
     return named or f"{loc.lat:.3f},{loc.lon:.3f}"
+
+
+# A raid of many calls about one drone: an SMS names a few of the track's other codes (any one acks the whole
+# track), not so many that the text loses the place and the reply instruction.
+SMS_TRACK_CODES = 6
+
+
+def _codes(codes: Sequence[str], sep: str, shown: int = SMS_TRACK_CODES) -> str:
+    more = len(codes) - shown
+    return sep.join(codes[:shown]) + (f"{sep}ещё {more}" if more > 0 else "")
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -6,8 +6,10 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from relay.domain.config import DeskConfig
+if TYPE_CHECKING:  # config imports render, which shows tracks, which measure distances here
+    from relay.domain.config import DeskConfig
 
 log = logging.getLogger("relay.routing")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.domain import short_code
+from relay.domain.model import Priority
 from relay.domain.records import AckRecord, AlertRecord, AttemptOutcome, DeliveryRecord
 from relay.domain.states import (
     OPEN_ALERT_STATES,
@@ -157,6 +158,31 @@ def acknowledged(alert: AlertRecord, ack: AckRecord) -> AlertRecord | None:
         return None
     check_alert(alert.state, AlertState.ACKNOWLEDGED)
     return replace(alert, state=AlertState.ACKNOWLEDGED, ack=ack, next_action_at=None)
+
+
+def track_acks(ack: AckRecord, alerts: Sequence[AlertRecord]) -> list[AlertRecord]:
+    """A desk's ack of a track, or of one alert of it, covers every alert of the track that was routed to that desk
+    and has no ack yet (a given-up one too: a late ack is still a person who saw it). Each is closed with the
+    track's ack, marked `via_track` unless it is the alert the ack named."""
+    closed = []
+    for a in alerts:
+        if ack.desk_id not in a.desks:
+            continue
+        own = replace(ack, alert_id=a.alert_id, latency_s=max(0.0, ack.at - a.created_at),
+                      via_track=ack.via_track or a.alert_id != ack.alert_id)
+        done = acknowledged(a, own)
+        if done is not None:
+            closed.append(done)
+    return closed
+
+
+def covered_by_track(alert: AlertRecord, track_ack: AckRecord | None) -> AlertRecord:
+    """A new alert of a track a desk has acknowledged counts as acknowledged for it at once (it still reaches the
+    console, as an update, and starts no backups); a `flash` report always alarms on its own."""
+    if track_ack is None or alert.priority == Priority.FLASH or track_ack.desk_id not in alert.desks:
+        return alert
+    own = replace(track_ack, alert_id=alert.alert_id, at=alert.created_at, latency_s=0.0, via_track=True)
+    return replace(alert, state=AlertState.ACKNOWLEDGED, ack=own, next_action_at=None)
 
 
 def reached_someone(alert: AlertRecord) -> bool:

@@ -11,15 +11,24 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, NoReturn
 
 from channels.base import HealthChange, HealthState, Inbound, InboundKind
-from relay.domain import escalation, short_code
+from relay.domain import escalation, short_code, tracks, transitions
 from relay.domain.clock import Clock, sleep_until_or
-from relay.domain.escalation import BackupReason, GiveUp, Policy, RetryBackups, SendBackups, SendPrimary
+from relay.domain.escalation import (
+    BackupReason,
+    GiveUp,
+    Policy,
+    RetryBackups,
+    SendBackups,
+    SendPrimary,
+    TrackChain,
+)
 from relay.domain.ids import new_id
-from relay.domain.model import Report
+from relay.domain.model import Priority, Report
 from relay.domain.records import (
     Accepted,
     AcceptOutcome,
@@ -29,17 +38,23 @@ from relay.domain.records import (
     DeliveryRecord,
     EventRecord,
     NewAlert,
+    OpenInTrack,
     Schedule,
+    TrackContext,
+    TrackRecord,
 )
 from relay.domain.routing import Desk, route
 from relay.domain.states import AlertState, DeliveryState
 from relay.domain.text import normalise
 from relay.domain.topics import Topics
+from relay.domain.track_summary import track_state
+from relay.domain.tracks import Sighting
 from relay.engine.dispatch import Dispatcher
 from relay.engine.events import EventBus, StateEvent
 from relay.engine.jobs import JobKind, Jobs
 from relay.engine.metrics import Metrics
 from relay.engine.plug_board import Plug
+from relay.engine.track_book import Placement, TrackBook
 from relay.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("relay.engine")
@@ -58,6 +73,14 @@ class AckRefused(Exception):
         self.reason = reason
 
 
+class TrackRefused(Exception):
+    """A dispatcher's track change that cannot be made; `status` is the HTTP answer that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Engine:
     def __init__(
         self,
@@ -74,6 +97,7 @@ class Engine:
         dispatcher: Dispatcher,
         jobs: Jobs,
         poke: asyncio.Event,
+        book: TrackBook,
     ) -> None:
         self._store = store
         self._jobs = jobs
@@ -87,6 +111,8 @@ class Engine:
         self._primary = primary
         self._backups = list(backups)
         self._dispatcher = dispatcher
+        self._book = book
+        self._pass_tracks: dict[str, OpenInTrack] = {}  # read once per scheduler pass (see _in_track)
         self._poke = poke  # set by whoever stored an earlier due time (a failed send): the scheduler looks again
         self._wake_at = math.inf  # when the scheduler will look next, unless poked
         self._primary_back = True  # at start, look for deliveries a previous run left unsent
@@ -102,6 +128,13 @@ class Engine:
         now = self._clock.now()
         alert_id = new_id(now)
         desks = route(self._desks, report.location.lat, report.location.lon)
+        placed = self._book.place(alert_id, Sighting.of(report), tuple(d.id for d in desks), now)
+        return await self._accept(operator_id, report, source, now, alert_id, desks, placed)
+
+    async def _accept(
+        self, operator_id: str, report: Report, source: str, now: float, alert_id: str, desks: list[Desk],
+        placed: Placement,
+    ) -> Accepted:
         p = self._primary
         deliveries = tuple(
             DeliveryRecord(f"{alert_id}.{d.id}.{p.name}", alert_id, d.id, p.name, target)
@@ -119,31 +152,45 @@ class Engine:
             "report": report,
             "desks": tuple(d.id for d in desks),
             "deliveries": deliveries,
+            "track_id": placed.track_id,
+            "track": placed.context(),
         }
-        alert = AlertRecord(**fields)
-        first = escalation.plan(alert, self._policy, now, primary_up=self._primary.health.is_up)
-        schedule = escalation.schedule_at_accept(first, alert)
-        alert = AlertRecord(  # built again rather than dataclasses.replace'd: that is several times dearer
-            **fields,
-            next_action_at=schedule.next_action_at,
-            backup_rounds=schedule.backup_rounds,
-            last_backup_at=schedule.last_backup_at,
-        )
-        accepted = await self._store.accept(NewAlert(alert, content_digest(report), source))
-        if accepted.outcome is AcceptOutcome.CREATED:
+        alert = transitions.covered_by_track(AlertRecord(**fields), placed.ack)
+        if alert.ack is None:
+            chain = TrackChain(lead=placed.new or report.priority == Priority.FLASH, opened_at=placed.opened_at)
+            first = escalation.plan(alert, self._policy, now, primary_up=self._primary.health.is_up, track=chain)
+            schedule = escalation.schedule_at_accept(first, alert)
+            alert = AlertRecord(  # built again rather than dataclasses.replace'd: that is several times dearer
+                **fields,
+                next_action_at=schedule.next_action_at,
+                backup_rounds=schedule.backup_rounds,
+                last_backup_at=schedule.last_backup_at,
+            )
+            actions = first.actions
+        else:  # its track is acknowledged: it reaches the console as an update, and starts no backups
+            actions = (SendPrimary(tuple(d.delivery_id for d in deliveries)),)
+        try:
+            accepted = await self._store.accept(NewAlert(alert, content_digest(report), source, placed.estimate))
+        except BaseException:
+            self._book.undo(alert_id, placed.track_id)
+            raise
+        if accepted.outcome is not AcceptOutcome.CREATED:
+            self._book.undo(alert_id, placed.track_id)
+        else:
             alert = accepted.alert
-            self.open_alerts += 1
+            self.open_alerts += alert.ack is None
             self._metrics.child(self._metrics.reports, source).inc()
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "report accepted",
                     extra={"event": "report_accepted", "alert_id": alert.alert_id, "report_id": alert.report_id,
                            "operator_id": operator_id, "source": source, "desks": list(alert.desks),
-                           "short_code": alert.short_code, "priority": alert.priority, "stale": alert.stale},
+                           "short_code": alert.short_code, "priority": alert.priority, "stale": alert.stale,
+                           "track_id": alert.track_id, "track_reports": placed.reports},
                 )
             self._bus.publish(StateEvent.of(alert, now))
             self._due(alert.next_action_at)
-            for action in first.actions:
+            for action in actions:
                 if isinstance(action, SendPrimary):
                     self._dispatcher.submit(alert, _chosen(alert, action.delivery_ids))
         return accepted
@@ -240,16 +287,112 @@ class Engine:
                        "from": source},
             )
             return result
-        if result.was_open:
-            self.open_alerts -= 1
+        self._closed_by_ack(result)
         self._metrics.ack_seconds.labels(channel).observe(latency)
         log.info(
             "alert acknowledged",
             extra={"event": "ack", "alert_id": alert_id, "desk_id": desk_id, "channel": channel, "by": by,
                    "from": source, "latency_s": round(latency, 3), "cancelled": result.cancelled},
         )
+        for covered in result.track:
+            self._bus.publish(StateEvent.of(covered.alert, now))
         self._bus.publish(StateEvent.of(result.alert, now))
         return result
+
+    def _closed_by_ack(self, result: AckResult) -> None:
+        self.open_alerts -= result.was_open + sum(r.was_open for r in result.track)
+        if result.alert.ack is not None:
+            self._book.acknowledged(result.alert.track_id, result.alert.ack)
+
+    async def ack_track(self, track_id: str, desk_id: str, by: str, source: str) -> list[AckResult]:
+        """A desk acknowledges a whole track (POST /api/v1/tracks/{id}/ack): each of its alerts routed to that desk
+        and not yet acknowledged is, via the track; later ones will be too."""
+        now = self._clock.now()
+        ack = AckRecord("", desk_id, "web", normalise(by)[:MAX_BY], now, 0.0, source, via_track=True)
+        results = await self._store.ack_track(track_id, ack)
+        self._book.acknowledged(track_id, ack)
+        for r in results:
+            self.open_alerts -= r.was_open
+            self._metrics.ack_seconds.labels("web").observe(r.alert.ack.latency_s if r.alert.ack else 0.0)
+            self._bus.publish(StateEvent.of(r.alert, now))
+        log.info("track acknowledged", extra={"event": "track_ack", "track_id": track_id, "desk_id": desk_id,
+                                              "by": ack.by, "from": source, "alerts": len(results)})
+        return results
+
+    # ---- a dispatcher's corrections (kept: the correlator only ever places new reports) -----------------------
+
+    @property
+    def tracks(self) -> TrackBook:
+        return self._book
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def desk(self, desk_id: str) -> Desk | None:
+        return self._desk_by_id.get(desk_id)
+
+    async def merge_tracks(self, track_id: str, into: str, desk_id: str, by: str) -> TrackRecord:
+        """The alerts of `track_id` move into `into` (one object after all); the history of each says who did it."""
+        if track_id == into:
+            raise TrackRefused(409, "a track cannot be merged into itself")
+        src, dst = await self._store.get_track(track_id), await self._store.get_track(into)
+        for tid, t in ((track_id, src), (into, dst)):
+            if t is None:
+                raise TrackRefused(404, f"no track {tid}")
+            if t.merged_into is not None:
+                raise TrackRefused(409, f"track {tid} was merged into {t.merged_into}")
+        assert src is not None
+        assert dst is not None
+        if not all(any(desk_id in a.desks for a in t.alerts) for t in (src, dst)):
+            raise TrackRefused(403, f"desk {desk_id} was not sent both tracks")
+        now = self._clock.now()
+        if self._closed(dst, now):
+            raise TrackRefused(409, f"track {into} is closed")
+        alerts = sorted((*dst.alerts, *src.alerts), key=lambda a: a.alert_id)
+        estimate = tracks.rebuild(into, [a.sighting for a in alerts])
+        await self._store.merge_tracks(track_id, into, estimate, desk_id, normalise(by)[:MAX_BY], now)
+        merged = await self._store.get_track(into)
+        assert merged is not None
+        self._book.replace(merged, gone=track_id)
+        log.info("tracks merged", extra={"event": "track_merged", "from": track_id, "into": into, "desk_id": desk_id})
+        await self._tell_operators([a.alert_id for a in src.alerts], now)
+        return merged
+
+    async def split_alert(self, alert_id: str, desk_id: str, by: str) -> TrackRecord:
+        """The alert leaves its track and starts a new one (another object after all)."""
+        alert = await self._store.get_alert(alert_id)
+        if alert is None:
+            raise TrackRefused(404, f"no alert {alert_id}")
+        if desk_id not in alert.desks:
+            raise TrackRefused(403, f"alert {alert_id} was not sent to desk {desk_id}")
+        track = await self._store.get_track(alert.track_id or alert_id)
+        if track is None or len(track.alerts) < 2:
+            raise TrackRefused(409, f"alert {alert_id} is alone in its track already")
+        now = self._clock.now()
+        rest = [a.sighting for a in track.alerts if a.alert_id != alert_id]
+        old = tracks.rebuild(track.track_id, rest)
+        new = tracks.start(Sighting.of(alert.report), new_id(now))
+        await self._store.split_alert(alert_id, old, new, desk_id, normalise(by)[:MAX_BY], now)
+        split_off = await self._store.get_track(new.track_id)
+        self._book.replace(await self._store.get_track(track.track_id))
+        self._book.replace(split_off)
+        assert split_off is not None
+        log.info("alert split from its track", extra={"event": "track_split", "alert_id": alert_id,
+                                                       "from": track.track_id, "into": new.track_id})
+        await self._tell_operators([alert_id], now)
+        return split_off
+
+    def _closed(self, track: TrackRecord, now: float) -> bool:
+        window = self._book.params.join_window_s
+        return track_state([a.state for a in track.alerts], track.ack is not None, track.estimate.last_seen, now,
+                           window) == "closed"
+
+    async def _tell_operators(self, alert_ids: Sequence[str], now: float) -> None:
+        for alert_id in alert_ids:  # their track changed: the operators' views say which track each is in now
+            moved = await self._store.get_alert(alert_id)
+            if moved is not None:
+                self._bus.publish(StateEvent.of(moved, now))
 
     async def refuse(
         self, alert_id: str, channel: str, reason: str, source: str, detail: str, *, known: bool = True
@@ -271,6 +414,12 @@ class Engine:
         """The scheduler, until cancelled (the daemon runs the dispatcher beside it)."""
         self.open_alerts = await self._store.count_open()
         await self._scheduler()
+
+    async def load_tracks(self) -> None:
+        """Before intake opens: the tracks a new report may join, as stored (a restart keeps every track)."""
+        if self._book.enabled:
+            since = self._clock.now() - 2 * self._book.params.join_window_s
+            self._book.load(await self._store.recent_tracks(since))
 
     def _on_channel_health(self, change: HealthChange) -> None:
         up = change.state is not HealthState.DOWN
@@ -312,6 +461,7 @@ class Engine:
 
     async def _run_due(self) -> bool:
         """Every due step run; False if one failed (it was recorded, and is due again later)."""
+        self._pass_tracks.clear()
         if self._recover_sending:
             for alert in await self._store.alerts_with_sending(limit=100_000):
                 self._dispatcher.submit(alert, [d for d in alert.deliveries if d.state is DeliveryState.SENDING])
@@ -367,7 +517,8 @@ class Engine:
     async def _follow_plan(self, alert: AlertRecord) -> bool:
         now = self._clock.now()
         primary_up = self._primary.health.is_up
-        p = escalation.plan(alert, self._policy, now, primary_up=primary_up)
+        chain, alert = await self._in_track(alert)
+        p = escalation.plan(alert, self._policy, now, primary_up=primary_up, track=chain)
         if any(isinstance(a, GiveUp) for a in p.actions):
             await self._give_up(alert, now)
             return True
@@ -388,6 +539,24 @@ class Engine:
                     if started is not None:
                         self._dispatcher.submit(alert, [started])
         return True
+
+    async def _in_track(self, alert: AlertRecord) -> tuple[TrackChain | None, AlertRecord]:
+        """The alert's place in its track's one backup chain, and the alert with what its messages say of the
+        track; (None, alert) when tracks are off or the alert is `flash` (it escalates on its own)."""
+        if not self._book.enabled:
+            return None, alert
+        found = self._pass_tracks.get(alert.track_id)
+        if found is None:  # once per track and scheduler pass: a raid's alerts often fall due together
+            found = self._pass_tracks[alert.track_id] = await self._store.open_in_track(alert.track_id)
+        chained = [o for o in found.open if o.priority != Priority.FLASH]
+        others = tuple(o.short_code for o in chained if o.alert_id != alert.alert_id)
+        context = self._book.context(alert.track_id, alert.alert_id) or TrackContext(
+            tracks.start(Sighting.of(alert.report), alert.track_id), (alert.alert_id,))
+        alert = replace(alert, track=replace(context, other_codes=others))
+        if alert.priority == Priority.FLASH:
+            return None, alert
+        lead = chained[0].alert_id if chained else alert.alert_id
+        return TrackChain(lead == alert.alert_id, min(found.opened_at, alert.created_at)), alert
 
     async def _backup_round(
         self, alert: AlertRecord, reason: BackupReason, schedule: Schedule, now: float, primary_up: bool

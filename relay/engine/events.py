@@ -22,12 +22,13 @@ class StateEvent:
     at: float
     short_code: str
     ack: AckRecord | None = None
+    track_id: str | None = None
 
     @classmethod
     def of(cls, alert: AlertRecord, at: float) -> StateEvent:
         return cls(
             alert.alert_id, alert.report_id, alert.operator_id, alert.desks, alert.state.value, at,
-            alert.short_code, alert.ack,
+            alert.short_code, alert.ack, alert.track_id or alert.alert_id,
         )
 
 

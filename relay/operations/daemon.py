@@ -16,6 +16,7 @@ from relay.domain.escalation import Policy
 from relay.domain.render import Renderer
 from relay.domain.routing import Desk
 from relay.domain.topics import Topics
+from relay.domain.tracks import TrackParams
 from relay.edges.api.context import ApiContext
 from relay.edges.api.failures import AuthGuard, FailureTrail
 from relay.edges.api.server import HttpLimits, HttpServer
@@ -32,6 +33,7 @@ from relay.engine.jobs import JobKind, Jobs
 from relay.engine.metrics import Metrics
 from relay.engine.plug_board import Form, Plug
 from relay.engine.sms_replies import SmsReplies
+from relay.engine.track_book import TrackBook
 from relay.operations.canary import Canary
 from relay.operations.retention import Retention
 from relay.operations.systemd import Notifier
@@ -177,6 +179,10 @@ class Relay:
             dispatcher=dispatcher,
             jobs=jobs,
             poke=poke,
+            book=TrackBook(
+                TrackParams(s.tracks.join_window_s, s.tracks.max_speed_kmh, s.tracks.position_error_km),
+                enabled=s.tracks.enabled,
+            ),
         )
         auth = Authenticator(s.operators, s.desks, s.engineers)
         intake = Intake(engine, self.clock, self.metrics)
@@ -237,6 +243,7 @@ class Relay:
             }
             canary = Canary(canary_targets, s.canary.interval_s, self.clock, self.metrics)
             backup_tasks.append(tg.create_task(jobs.supervise("canary", canary.run), name="canary"))
+            await engine.load_tracks()
             engine_task = tg.create_task(engine.run(), name="engine")
             dispatch_task = tg.create_task(dispatcher.run(), name="dispatch")
             events = MqttEventPublisher(bus, mqtt, topics, self.metrics)

@@ -15,10 +15,13 @@ from relay.domain.records import (
     DeliveryRecord,
     EventRecord,
     NewAlert,
+    OpenInTrack,
     ReceiptResult,
     Schedule,
+    TrackRecord,
 )
 from relay.domain.states import AlertState
+from relay.domain.tracks import TrackState
 
 
 class StoreUnavailable(Exception):
@@ -65,7 +68,8 @@ class Store(Protocol):
         ...
 
     async def record_ack(self, ack: AckRecord) -> AckResult | None:
-        """First ack closes the alert and cancels queued sends; later ones are kept as duplicates."""
+        """First ack closes the alert and cancels queued sends; later ones are kept as duplicates. The first one
+        also acknowledges the rest of the alert's track, as `ack_track` does, in the same commit."""
         ...
 
     async def save_schedule(self, alert_id: str, schedule: Schedule) -> None: ...
@@ -105,6 +109,45 @@ class Store(Protocol):
         ...
 
     async def set_sms_opt_out(self, phone: str, opted_out: bool, at: float) -> None: ...
+
+    # ---- tracks (an alert's track is written with the alert, in `accept`) ---------------------------------
+
+    async def get_track(self, track_id: str) -> TrackRecord | None:
+        """With its alerts, oldest first; a merged-away track too (its `merged_into` says where they went)."""
+        ...
+
+    async def list_tracks(
+        self, *, since: float | None, limit: int, operator_id: str | None = None, desk_id: str | None = None
+    ) -> list[TrackRecord]:
+        """Latest activity first; not merged-away ones; `since`: active since then; an operator's: those holding one
+        of its reports; a desk's: those holding an alert routed to it."""
+        ...
+
+    async def recent_tracks(self, since: float) -> list[TrackRecord]:
+        """Tracks whose latest report was observed at or after `since` (those a new report may join)."""
+        ...
+
+    async def open_in_track(self, track_id: str) -> OpenInTrack:
+        """When the track began, and its open alerts (a light read: one per track and scheduler pass)."""
+        ...
+
+    async def ack_track(self, track_id: str, ack: AckRecord) -> list[AckResult]:
+        """Atomically: every alert of the track routed to the ack's desk and not acknowledged yet is acknowledged
+        via the track, and the ack is kept on the track for its later alerts. The results of those it closed."""
+        ...
+
+    async def merge_tracks(
+        self, track_id: str, into: str, estimate: TrackState, desk_id: str, by: str, at: float
+    ) -> None:
+        """A dispatcher's merge: the alerts of `track_id` move to `into`, whose estimate becomes `estimate`; the
+        history of each moved alert records it."""
+        ...
+
+    async def split_alert(
+        self, alert_id: str, old: TrackState, new: TrackState, desk_id: str, by: str, at: float
+    ) -> None:
+        """A dispatcher's split: the alert moves to the new track; both estimates are stored; its history says so."""
+        ...
 
     async def add_event(self, event: EventRecord) -> None:
         """History of an alert; with alert_id "" an event of the relay as a whole (a refused webhook)."""

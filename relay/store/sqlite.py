@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import sqlite3
 import sys
 import threading
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from relay.domain import transitions
+from relay.domain import tracks, transitions
 from relay.domain.clock import to_datetime
 from relay.domain.model import Priority, stored_report
 from relay.domain.records import (
@@ -37,10 +38,15 @@ from relay.domain.records import (
     DeliveryRecord,
     EventRecord,
     NewAlert,
+    OpenAlert,
+    OpenInTrack,
     ReceiptResult,
     Schedule,
+    TrackAlert,
+    TrackRecord,
 )
 from relay.domain.states import OPEN_ALERT_STATES, AlertState, DeliveryState
+from relay.domain.tracks import Sighting, TrackState
 from relay.store.base import StoreUnavailable
 from relay.store.sqlite_schema import migrate
 
@@ -64,13 +70,14 @@ MAX_BATCH = 2000
 _OPEN_SQL = "('pending', 'delivered')"
 _ALERT_COLS = (
     "alert_id, report_id, operator_id, short_code, state, priority, stale, created_at, report_json, "
-    "desks_json, next_action_at, backup_rounds, last_backup_at"
+    "desks_json, next_action_at, backup_rounds, last_backup_at, track_id"
 )
 _DELIVERY_COLS = (
     "delivery_id, alert_id, desk_id, channel, target, state, attempts, sent_at, delivered_at, error, permanent, "
     "attempted_at"
 )
-_ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s, source"
+_ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s, source, via_track"
+_TRACK_COLS = "track_id, estimate_json, opened_at, updated_at, ack_json, merged_into"
 # The API's heavy reads run in this many threads, each on its own read-only connection (see `_read_off`).
 READ_THREADS = 1
 # Building records holds the GIL, which the loop needs back at once whenever it wakes: a reader thread rests after
@@ -81,7 +88,8 @@ LOOP_SWITCH_INTERVAL_S = 0.0005
 READ_BUSY_TIMEOUT_MS = 2000  # a WAL reader waits for a lock only in rare moments (recovery, a WAL restart)
 READ_DEADLINE_S = 5.0  # a read running longer is interrupted: StoreUnavailable, not a thread held for ever
 HYDRATE_CHUNK = 500  # ids per `IN (...)` when deliveries and acks are read for many alerts
-AUDIT_KINDS = ("acknowledged", "duplicate_ack", "ack_refused", "webhook_refused", "link_refused")
+AUDIT_KINDS = ("acknowledged", "duplicate_ack", "ack_refused", "webhook_refused", "link_refused", "track_merged",
+               "track_split")
 AUTH_FAILURE_BUCKET_S = 3600.0
 
 
@@ -466,6 +474,66 @@ class SQLiteStore:
         ).fetchone()
         return None if row is None else _read_alert(conn, row[0])
 
+    # ---- tracks ----------------------------------------------------------------------------------------
+
+    async def get_track(self, track_id: str) -> TrackRecord | None:
+        return await self._read_off(lambda conn: _read_track(conn, track_id))
+
+    async def list_tracks(
+        self, *, since: float | None, limit: int, operator_id: str | None = None, desk_id: str | None = None
+    ) -> list[TrackRecord]:
+        where = ["merged_into IS NULL"]
+        args: list[object] = []
+        if since is not None:
+            where.append("updated_at >= ?")
+            args.append(since)
+        if operator_id is not None:
+            where.append("EXISTS (SELECT 1 FROM alerts a WHERE a.track_id = t.track_id AND a.operator_id = ?)")
+            args.append(operator_id)
+        if desk_id is not None:
+            where.append("EXISTS (SELECT 1 FROM alerts a JOIN alert_desks d ON d.alert_id = a.alert_id "
+                         "WHERE a.track_id = t.track_id AND d.desk_id = ?)")
+            args.append(desk_id)
+        sql = (f"SELECT {_TRACK_COLS} FROM tracks t WHERE {' AND '.join(where)} "  # noqa: S608 - fixed fragments
+               "ORDER BY updated_at DESC LIMIT ?")
+        args.append(limit)
+        return await self._read_off(lambda conn: [_track(conn, r) for r in conn.execute(sql, args).fetchall()])
+
+    @_read_errors
+    async def recent_tracks(self, since: float) -> list[TrackRecord]:
+        conn = self._read()
+        rows = conn.execute(
+            f"SELECT {_TRACK_COLS} FROM tracks WHERE last_seen >= ? AND merged_into IS NULL",  # noqa: S608
+            (since,),
+        ).fetchall()
+        return [_track(conn, r) for r in rows]
+
+    @_read_errors
+    async def open_in_track(self, track_id: str) -> OpenInTrack:
+        conn = self._read()
+        row = conn.execute("SELECT opened_at FROM tracks WHERE track_id = ?", (track_id,)).fetchone()
+        rows = conn.execute(
+            f"SELECT alert_id, short_code, priority FROM alerts WHERE track_id = ? AND state IN {_OPEN_SQL} "  # noqa: S608
+            "ORDER BY alert_id", (track_id,),
+        ).fetchall()
+        opened_at = row[0] if row is not None else math.inf
+        return OpenInTrack(opened_at, tuple(OpenAlert(r[0], r[1], Priority(r[2])) for r in rows))
+
+    async def ack_track(self, track_id: str, ack: AckRecord) -> list[AckResult]:
+        return await self._write(functools.partial(_op_ack_track, track_id=track_id, ack=ack))
+
+    async def merge_tracks(
+        self, track_id: str, into: str, estimate: TrackState, desk_id: str, by: str, at: float
+    ) -> None:
+        await self._write(functools.partial(_op_merge_tracks, track_id=track_id, into=into, estimate=estimate,
+                                            desk_id=desk_id, by=by, at=at))
+
+    async def split_alert(
+        self, alert_id: str, old: TrackState, new: TrackState, desk_id: str, by: str, at: float
+    ) -> None:
+        await self._write(functools.partial(_op_split_alert, alert_id=alert_id, old=old, new=new, desk_id=desk_id,
+                                            by=by, at=at))
+
     async def set_sms_opt_out(self, phone: str, opted_out: bool, at: float) -> None:
         await self._write(functools.partial(_op_set_opt_out, phone=phone, opted_out=opted_out, at=at))
 
@@ -526,15 +594,20 @@ def _op_accept(conn: sqlite3.Connection, new: NewAlert) -> Accepted:
     code = transitions.free_short_code(a.short_code, functools.partial(_code_taken, conn))
     conn.execute(
         "INSERT INTO alerts (alert_id, operator_id, report_id, content_sha256, report_json, desks_json, "
-        "short_code, priority, stale, state, source, created_at, next_action_at, backup_rounds, last_backup_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "short_code, priority, stale, state, source, created_at, next_action_at, backup_rounds, last_backup_at, "
+        "track_id, closed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             a.alert_id, a.operator_id, a.report_id, new.content_sha256,
             json.dumps(a.report.as_submitted(), ensure_ascii=False, separators=(",", ":")), json.dumps(a.desks),
             code, a.priority, int(a.stale), a.state.value, new.source, a.created_at, a.next_action_at,
-            a.backup_rounds, a.last_backup_at,
+            a.backup_rounds, a.last_backup_at, a.track_id or a.alert_id, None if a.ack is None else a.created_at,
         ),
     )
+    _save_track(conn, new.track_estimate(), a.created_at)
+    if a.ack is not None:  # it joined a track its desk has acknowledged
+        _insert_ack(conn, a.ack, first=True)
+        _insert_event(conn, EventRecord(a.alert_id, a.created_at, "acknowledged", {**_ack_detail(a.ack),
+                                                                                  "via_track": True}))
     conn.executemany(
         "INSERT INTO alert_desks (desk_id, alert_id) VALUES (?, ?)", [(desk, a.alert_id) for desk in a.desks]
     )
@@ -645,19 +718,58 @@ def _op_record_ack(conn: sqlite3.Connection, ack: AckRecord) -> AckResult | None
     if alert is None:
         return None
     closed = transitions.acknowledged(alert, ack)
-    conn.execute(
-        "INSERT INTO acks (alert_id, desk_id, channel, by, at, latency_s, first, source) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (ack.alert_id, ack.desk_id, ack.channel, ack.by, ack.at, ack.latency_s, int(closed is not None), ack.source),
-    )
-    detail = {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "from": ack.source}
+    _insert_ack(conn, ack, first=closed is not None)
     if closed is None:
-        _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", detail))
+        _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", _ack_detail(ack)))
         return AckResult(first=False, alert=alert)
+    first = _close_acked(conn, alert, closed)
+    others = _op_ack_track(conn, alert.track_id, ack)
+    return replace(first, track=tuple(others))
+
+
+def _ack_detail(ack: AckRecord) -> dict[str, Any]:
+    return {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "from": ack.source}
+
+
+def _insert_ack(conn: sqlite3.Connection, ack: AckRecord, *, first: bool) -> None:
+    conn.execute(
+        "INSERT INTO acks (alert_id, desk_id, channel, by, at, latency_s, first, source, via_track) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (ack.alert_id, ack.desk_id, ack.channel, ack.by, ack.at, ack.latency_s, int(first), ack.source,
+         int(ack.via_track)),
+    )
+
+
+def _close_acked(conn: sqlite3.Connection, alert: AlertRecord, closed: AlertRecord) -> AckResult:
+    ack = closed.ack
+    assert ack is not None
     _save_alert_state(conn, closed, closed_at=ack.at)
     cancelled = _cancel_queued(conn, ack.alert_id, ack.at)
-    _insert_event(conn, EventRecord(ack.alert_id, ack.at, "acknowledged", {**detail, "cancelled": cancelled}))
+    detail = {**_ack_detail(ack), "cancelled": cancelled, **({"via_track": True} if ack.via_track else {})}
+    _insert_event(conn, EventRecord(ack.alert_id, ack.at, "acknowledged", detail))
     return AckResult(first=True, alert=closed, was_open=alert.state in OPEN_ALERT_STATES, cancelled=cancelled)
+
+
+def _op_ack_track(conn: sqlite3.Connection, track_id: str, ack: AckRecord) -> list[AckResult]:
+    """The rest of the track acknowledged with `ack` (see transitions.track_acks), and the ack kept on the track
+    for its later alerts; the results of the alerts it closed."""
+    rows = conn.execute(
+        f"SELECT {_ALERT_COLS} FROM alerts WHERE track_id = ? AND state != 'acknowledged' ORDER BY alert_id",  # noqa: S608
+        (track_id,),
+    ).fetchall()
+    alerts = [_alert(r, (), None) for r in rows]
+    results = []
+    for closed in transitions.track_acks(ack, alerts):
+        assert closed.ack is not None
+        _insert_ack(conn, closed.ack, first=True)
+        before = next(a for a in alerts if a.alert_id == closed.alert_id)
+        results.append(_close_acked(conn, before, closed))
+    track_ack = replace(ack, alert_id="", via_track=True)
+    conn.execute(
+        "UPDATE tracks SET ack_json = coalesce(ack_json, ?), updated_at = max(updated_at, ?) WHERE track_id = ?",
+        (json.dumps(_ack_json(track_ack), ensure_ascii=False), ack.at, track_id),
+    )
+    return results
 
 
 def _cancel_queued(conn: sqlite3.Connection, alert_id: str, at: float) -> int:
@@ -792,6 +904,80 @@ def _op_heartbeat(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE heartbeat SET at = ? WHERE id = 1", (time.time(),))
 
 
+# ---- tracks ---------------------------------------------------------------------------------------------
+
+
+def _save_track(conn: sqlite3.Connection, estimate: TrackState, at: float) -> None:
+    conn.execute(
+        "INSERT INTO tracks (track_id, estimate_json, opened_at, last_seen, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (track_id) DO UPDATE SET estimate_json = excluded.estimate_json, "
+        "last_seen = excluded.last_seen, updated_at = max(updated_at, excluded.updated_at)",
+        (estimate.track_id, json.dumps(estimate.to_json(), separators=(",", ":")), at, estimate.last_seen, at),
+    )
+
+
+def _ack_json(ack: AckRecord) -> dict[str, Any]:
+    return {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "at": ack.at, "source": ack.source}
+
+
+def _ack_from_json(text: str | None) -> AckRecord | None:
+    if not text:
+        return None
+    d = json.loads(text)
+    return AckRecord("", d["desk_id"], d["channel"], d["by"], d["at"], 0.0, d.get("source", ""), via_track=True)
+
+
+_TRACK_ALERT_SQL = (
+    "SELECT alert_id, operator_id, short_code, state, priority, created_at, desks_json, report_json "
+    "FROM alerts WHERE track_id = ? ORDER BY alert_id"
+)
+
+
+def _track_alerts(conn: sqlite3.Connection, track_id: str) -> tuple[TrackAlert, ...]:
+    return tuple(
+        TrackAlert(r[0], r[1], r[2], AlertState(r[3]), Priority(r[4]), r[5], tuple(json.loads(r[6])),
+                   Sighting.of(stored_report(r[7])))
+        for r in conn.execute(_TRACK_ALERT_SQL, (track_id,))
+    )
+
+
+def _track(conn: sqlite3.Connection, row: Sequence[Any]) -> TrackRecord:
+    members = _track_alerts(conn, row[0])
+    if row[1]:
+        estimate = TrackState.from_json(json.loads(row[1]))
+    else:  # an alert from before tracks were stored: its estimate is its report
+        estimate = tracks.rebuild(row[0], [m.sighting for m in members]) if members else tracks.start(
+            Sighting(observed_at=row[2], lat=0.0, lon=0.0), row[0])
+    return TrackRecord(row[0], estimate, row[2], row[3], _ack_from_json(row[4]), row[5], members)
+
+
+def _read_track(conn: sqlite3.Connection, track_id: str) -> TrackRecord | None:
+    row = conn.execute(f"SELECT {_TRACK_COLS} FROM tracks WHERE track_id = ?", (track_id,)).fetchone()  # noqa: S608
+    return None if row is None else _track(conn, row)
+
+
+def _op_merge_tracks(
+    conn: sqlite3.Connection, track_id: str, into: str, estimate: TrackState, desk_id: str, by: str, at: float
+) -> None:
+    moved = [r[0] for r in conn.execute("SELECT alert_id FROM alerts WHERE track_id = ?", (track_id,))]
+    conn.execute("UPDATE alerts SET track_id = ? WHERE track_id = ?", (into, track_id))
+    conn.execute("UPDATE tracks SET merged_into = ?, updated_at = ? WHERE track_id = ?", (into, at, track_id))
+    _save_track(conn, estimate, at)
+    for alert_id in moved:
+        _insert_event(conn, EventRecord(alert_id, at, "track_merged",
+                                        {"from": track_id, "into": into, "desk_id": desk_id, "by": by}))
+
+
+def _op_split_alert(
+    conn: sqlite3.Connection, alert_id: str, old: TrackState, new: TrackState, desk_id: str, by: str, at: float
+) -> None:
+    conn.execute("UPDATE alerts SET track_id = ? WHERE alert_id = ?", (new.track_id, alert_id))
+    _save_track(conn, old, at)
+    _save_track(conn, new, at)
+    _insert_event(conn, EventRecord(alert_id, at, "track_split",
+                                    {"from": old.track_id, "into": new.track_id, "desk_id": desk_id, "by": by}))
+
+
 # ---- reading rows into records ------------------------------------------------------------------------
 
 
@@ -823,7 +1009,7 @@ def _read_alert(conn: sqlite3.Connection, alert_id: str, *, full: bool = True) -
         ack = conn.execute(
             f"SELECT {_ACK_COLS} FROM acks WHERE alert_id = ? AND first = 1", (alert_id,)  # noqa: S608
         ).fetchone()
-        return _alert(row, (), AckRecord(*ack) if ack else None)
+        return _alert(row, (), _ack(ack) if ack else None)
     return _hydrate(conn, [row])[0]
 
 
@@ -845,7 +1031,7 @@ def _hydrate(conn: sqlite3.Connection, rows: list[Any]) -> list[AlertRecord]:
         for a in conn.execute(
             f"SELECT {_ACK_COLS} FROM acks WHERE alert_id IN ({marks}) AND first = 1", chunk  # noqa: S608
         ):
-            acks[a[0]] = AckRecord(*a)
+            acks[a[0]] = _ack(a)
     return [_alert(r, tuple(deliveries[r[0]]), acks.get(r[0])) for r in rows]
 
 
@@ -854,5 +1040,10 @@ def _alert(row: Sequence[Any], deliveries: tuple[DeliveryRecord, ...], ack: AckR
         alert_id=row[0], report_id=row[1], operator_id=row[2], short_code=row[3], state=AlertState(row[4]),
         priority=Priority(row[5]), stale=bool(row[6]), created_at=row[7], report=stored_report(row[8]),
         desks=tuple(json.loads(row[9])), deliveries=deliveries, ack=ack, next_action_at=row[10],
-        backup_rounds=row[11], last_backup_at=row[12],
+        backup_rounds=row[11], last_backup_at=row[12], track_id=row[13],
     )
+
+
+def _ack(row: Sequence[Any]) -> AckRecord:
+    return AckRecord(alert_id=row[0], desk_id=row[1], channel=row[2], by=row[3], at=row[4], latency_s=row[5],
+                     source=row[6], via_track=bool(row[7]))

@@ -125,6 +125,27 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deliveries_alert ON deliveries (alert_id);
     CREATE INDEX alerts_given_up_code ON alerts (short_code, closed_at) WHERE state = 'unacknowledged';
     """,
+    # 6: tracks (CONTRACT.md, "Tracks"). Every alert belongs to one; an alert from before this step is a track of
+    # its own, whose estimate is rebuilt from its report when first read (estimate_json '').
+    """
+    ALTER TABLE alerts ADD COLUMN track_id TEXT NOT NULL DEFAULT '';
+    UPDATE alerts SET track_id = alert_id;
+    CREATE INDEX alerts_track ON alerts (track_id, alert_id);
+    ALTER TABLE acks ADD COLUMN via_track INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE tracks (
+        track_id       TEXT PRIMARY KEY,
+        estimate_json  TEXT NOT NULL,
+        opened_at      REAL NOT NULL,
+        last_seen      REAL NOT NULL,   -- the estimate's latest observed_at: which tracks a report may join
+        updated_at     REAL NOT NULL,   -- latest activity: the order of GET /api/v1/tracks
+        ack_json       TEXT,            -- the ack that covers the track (and its later alerts)
+        merged_into    TEXT             -- a dispatcher merged it into that track
+    ) WITHOUT ROWID;
+    INSERT INTO tracks (track_id, estimate_json, opened_at, last_seen, updated_at)
+        SELECT alert_id, '', created_at, created_at, created_at FROM alerts;
+    CREATE INDEX tracks_last_seen ON tracks (last_seen);
+    CREATE INDEX tracks_updated ON tracks (updated_at);
+    """,
 ]
 
 

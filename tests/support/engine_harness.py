@@ -31,6 +31,7 @@ from relay.domain.records import AckResult, AlertRecord, DeliveryRecord, Schedul
 from relay.domain.render import Renderer
 from relay.domain.routing import Desk
 from relay.domain.topics import Topics
+from relay.domain.tracks import TrackParams
 from relay.engine.ack_links import AckLinkSigner
 from relay.engine.dispatch import Dispatcher
 from relay.engine.engine import Engine
@@ -38,6 +39,7 @@ from relay.engine.events import EventBus
 from relay.engine.intake import Intake, Outcome
 from relay.engine.jobs import Jobs
 from relay.engine.metrics import Metrics
+from relay.engine.track_book import TrackBook
 from relay.operations.daemon import plugs
 from relay.store.sqlite import SQLiteStore
 from tests.support.fake_clock import FakeClock
@@ -192,8 +194,11 @@ class EngineHarness:
     def __init__(
         self, path: Path, *, clock: FakeClock | None = None, policy: Policy = DEFAULT_POLICY,
         desks: Sequence[Desk] | None = None, bundle_window_s: float = BUNDLE_WINDOW_S,
+        tracks: TrackParams | None = None,
     ) -> None:
         self.path = path
+        self.tracks_enabled = tracks is not None
+        self.track_params = tracks or TrackParams()
         self.clock = clock or FakeClock()
         self.policy, self.bundle_window_s = policy, bundle_window_s
         self.desks = list(desks) if desks is not None else [desk()]
@@ -278,7 +283,9 @@ class EngineHarness:
         self.engine = engine = Engine(
             store=store, desks=self.desks, policy=self.policy, clock=self.clock, bus=EventBus(), metrics=metrics,
             topics=topics, primary=primary, backups=backups, dispatcher=dispatcher, jobs=jobs, poke=poke,
+            book=TrackBook(self.track_params, enabled=self.tracks_enabled),
         )
+        await engine.load_tracks()
         self.intake = Intake(engine, self.clock, metrics)
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()

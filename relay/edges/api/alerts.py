@@ -14,6 +14,7 @@ from relay.domain.clock import to_datetime
 from relay.domain.model import AckRequest, AlertView
 from relay.domain.records import AlertRecord
 from relay.domain.states import OPEN_ALERT_STATES, AlertState
+from relay.edges.api import query
 from relay.edges.api.access import authenticate, check_read
 from relay.edges.api.context import CONTEXT
 from relay.edges.api.errors import ApiError
@@ -22,8 +23,7 @@ from relay.edges.auth import Principal, Role
 from relay.engine.engine import AckRefused
 from relay.engine.intake import field_problems
 
-MAX_LIST = 1000
-# Turning a list of up to MAX_LIST alerts into JSON takes tens of milliseconds: done in this thread, never on the
+# Turning a list of up to query.MAX_LIST alerts into JSON takes tens of milliseconds: done in this thread, never on the
 # event loop, where it would hold up intake and deliveries (the store reads the list in its own thread too). Like
 # the store's reader, it rests after each list as long as it worked: the GIL it holds meanwhile is the loop's too.
 _LIST_JSON = ThreadPoolExecutor(1, thread_name_prefix="relay-api-list")
@@ -68,14 +68,7 @@ async def list_alerts(request: web.Request) -> web.Response:
         except ValueError:
             allowed = ", ".join(["open", "all", *(s.value for s in AlertState)])
             raise ApiError(422, "invalid_query", [{"field": "state", "problem": f"one of {allowed}"}]) from None
-    try:
-        limit = int(request.query.get("limit", "100"))
-        if not 1 <= limit <= MAX_LIST:
-            raise ValueError
-    except ValueError:
-        raise ApiError(
-            422, "invalid_query", [{"field": "limit", "problem": f"an integer 1..{MAX_LIST}"}]
-        ) from None
+    limit = query.limit(request)
     by_role = {Role.OPERATOR: {"operator_id": principal.id}, Role.DESK: {"desk_id": principal.id}}
     alerts = await ctx.store.list_alerts(states=states, limit=limit, **by_role.get(principal.role, {}))
     body = await asyncio.get_running_loop().run_in_executor(_LIST_JSON, _list_json, alerts, principal)
@@ -129,12 +122,7 @@ async def audit(request: web.Request) -> web.Response:
     """Acks (with where they came from), refused acks, refused webhooks and links: for the on-call engineer."""
     ctx = request.app[CONTEXT]
     authenticate(request, ctx, Role.ENGINEER)
-    try:
-        limit = int(request.query.get("limit", "100"))
-        if not 1 <= limit <= MAX_LIST:
-            raise ValueError
-    except ValueError:
-        raise ApiError(422, "invalid_query", [{"field": "limit", "problem": f"an integer 1..{MAX_LIST}"}]) from None
+    limit = query.limit(request)
     events = [
         {"alert_id": e.alert_id or None, "at": to_datetime(e.at).isoformat(), "kind": e.kind, "detail": e.detail}
         for e in await ctx.store.audit_log(limit)

@@ -7,7 +7,17 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
-from relay.domain.model import AcceptedView, AckRequest, AlertView, ErrorView, EventView, Report
+from relay.domain.model import (
+    AcceptedView,
+    AckRequest,
+    AlertView,
+    ErrorView,
+    EventView,
+    MergeRequest,
+    Report,
+    SplitRequest,
+    TrackView,
+)
 from relay.edges.api.context import CONTEXT
 
 _REF = "#/components/schemas/{model}"
@@ -23,8 +33,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
-        401: "no or unknown bearer token", 403: "this token may not do this", 404: "no such alert",
-        409: "same report_id, other content", 413: "body over 64 KiB", 422: "invalid; detail names each field",
+        401: "no or unknown bearer token", 403: "this token may not do this", 404: "no such alert or track",
+        409: "same report_id, other content; or a merge or split that cannot be made (into itself, a closed "
+             "track)", 413: "body over 64 KiB", 422: "invalid; detail names each field",
         429: "over the token's rate; see Retry-After", 503: "cannot be stored now; nothing was accepted",
     }
     return {str(c): _json(_ref("ErrorView"), text[c]) for c in codes}
@@ -35,10 +46,12 @@ def build_openapi(public_url: str) -> dict[str, Any]:
         [
             (Report, "validation"), (AckRequest, "validation"), (AcceptedView, "serialization"),
             (AlertView, "serialization"), (ErrorView, "serialization"), (EventView, "serialization"),
+            (TrackView, "serialization"), (MergeRequest, "validation"), (SplitRequest, "validation"),
         ],
         ref_template=_REF,
     )
     alert_id = {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    track_id = {"name": "track_id", "in": "path", "required": True, "schema": {"type": "string"}}
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -98,6 +111,46 @@ def build_openapi(public_url: str) -> dict[str, Any]:
                 "parameters": [{"name": "limit", "in": "query",
                                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
                 "responses": {"200": {"description": "events, newest first"}, **_errors(401, 403, 422)},
+            }},
+            "/api/v1/tracks": {"get": {
+                "summary": "List tracks, latest activity first (an operator: those of its reports; a desk: those "
+                           "sent to it)", "security": secured,
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {
+                        "type": "string", "default": "open", "enum": ["open", "acknowledged", "closed", "all"]}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["tracks"],
+                                  "properties": {"tracks": {"type": "array", "items": _ref("TrackView")}}},
+                                 "tracks this token may read"),
+                    **_errors(401, 422),
+                },
+            }},
+            "/api/v1/tracks/{track_id}": {"get": {
+                "summary": "One track", "security": secured, "parameters": [track_id],
+                "responses": {"200": _json(_ref("TrackView"), "the track"), **_errors(401, 403, 404)},
+            }},
+            "/api/v1/tracks/{track_id}/ack": {"post": {
+                "summary": "Acknowledge a whole track (desk): every alert of it sent to this desk, and later ones",
+                "security": secured, "parameters": [track_id],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("AckRequest")}}},
+                "responses": {"200": _json(_ref("TrackView"), "the track, acknowledged"),
+                              **_errors(401, 403, 404, 422)},
+            }},
+            "/api/v1/tracks/{track_id}/merge": {"post": {
+                "summary": "Merge this track into another (desk): one object after all", "security": secured,
+                "parameters": [track_id],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("MergeRequest")}}},
+                "responses": {"200": _json(_ref("TrackView"), "the merged track"),
+                              **_errors(401, 403, 404, 409, 422)},
+            }},
+            "/api/v1/alerts/{alert_id}/split": {"post": {
+                "summary": "Take the alert out of its track into a new one (desk)", "security": secured,
+                "parameters": [alert_id],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("SplitRequest")}}},
+                "responses": {"200": _json(_ref("TrackView"), "the new track"), **_errors(401, 403, 404, 409, 422)},
             }},
             "/api/v1/events": {"get": {
                 "summary": "Server-Sent Events: alert state changes (data: EventView JSON)", "security": secured,

@@ -29,7 +29,8 @@ def delivery_view(d: DeliveryRecord) -> DeliveryView:
 
 
 def ack_view(a: AckRecord) -> AckView:
-    return AckView(desk_id=a.desk_id, channel=a.channel, by=a.by, at=to_datetime(a.at), latency_s=round(a.latency_s, 3))
+    return AckView(desk_id=a.desk_id, channel=a.channel, by=a.by, at=to_datetime(a.at), latency_s=round(a.latency_s, 3),
+                   via_track=a.via_track)
 
 
 def alert_view(a: AlertRecord, *, caller: bool = True) -> AlertView:
@@ -47,6 +48,7 @@ def alert_view(a: AlertRecord, *, caller: bool = True) -> AlertView:
         desks=list(a.desks),
         deliveries=[delivery_view(d) for d in a.deliveries],
         ack=ack_view(a.ack) if a.ack else None,
+        track_id=a.track_id or a.alert_id,
     )
 
 
@@ -71,8 +73,8 @@ def event_json(e: StateEvent) -> str:
     if e.ack is not None:
         a = e.ack
         ack = AckView.model_construct(desk_id=a.desk_id, channel=a.channel, by=a.by, at=to_datetime(a.at),
-                                      latency_s=round(a.latency_s, 3))
+                                      latency_s=round(a.latency_s, 3), via_track=a.via_track)
     return EventView.model_construct(
         alert_id=e.alert_id, report_id=e.report_id, operator_id=e.operator_id, state=e.state, at=to_datetime(e.at),
-        short_code=e.short_code, desks=list(e.desks), ack=ack,
+        short_code=e.short_code, desks=list(e.desks), ack=ack, track_id=e.track_id,
     ).model_dump_json(exclude_none=True)

@@ -83,6 +83,7 @@ def demo_settings(workdir: Path, broker: DemoBroker, http_port: int, smtp_port: 
              "api_base_url": sms_url, "timeout_s": 5},
         email={"enabled": True, "port": smtp_port, "from_address": "relay@uav.demo"},
         escalation={"ack_timeout_s": 4, "repeat_s": 15, "give_up_s": 120, "retry_s": 1},
+        tracks={"enabled": True},
         operators=[{"id": "op-demo", "token": operator_token}],
         desks=[{"id": "airfield-1", "name": "Аэродром (демо)", "token": desk_token, "sms": [DESK_PHONE],
                 "email": [DESK_EMAIL]}],
