@@ -405,49 +405,49 @@ class Candidate:
     refused: str  # why the track cannot take the report; "": it can
 
 
-def _judge(s: Sighting, tr: TrackState, params: TrackParams) -> Candidate:
-    """The gates of one track for one report, cheapest first."""
+def _judge(s: Sighting, tr: TrackState, params: TrackParams) -> tuple[str, float, float, float]:
+    """The gates of one track for one report, cheapest first: (why refused or "", miss, gate, score)."""
     if tr.status != s.status:
-        return Candidate(tr.track_id, math.inf, math.inf, math.inf, "status")
+        return "status", math.inf, math.inf, math.inf
     stype = s.uav_type
     if stype != tr.uav_type and stype != _UNKNOWN and tr.uav_type != _UNKNOWN:
-        return Candidate(tr.track_id, math.inf, math.inf, math.inf, "type")
+        return "type", math.inf, math.inf, math.inf
     dt = s.observed_at - tr.last_seen
     adt = abs(dt)
     if adt > params.join_window_s:
-        return Candidate(tr.track_id, math.inf, math.inf, math.inf, "time")
+        return "time", math.inf, math.inf, math.inf
     err2 = CALLER_ERRORS * params.position_error_km
     k_lon = KM_PER_DEG * math.cos(math.radians((s.lat + tr.lat) / 2.0))
     dn = (s.lat - tr.lat) * KM_PER_DEG
     de = _wrap_deg(s.lon - tr.lon) * k_lon
-    # (b) the contract's gate from the latest position; the flat distance decides unless it is too close to call,
-    # then the great circle does.
+    # (b) the contract's gate from the latest position, on the great circle whenever the flat distance (off by far
+    # less than 1 % over a few hundred km at these latitudes) is too close to call.
     limit = params.max_speed_kmh * adt / S_PER_H + err2
     flat = math.hypot(dn, de)
-    if flat > limit * 1.01 or (flat > limit * 0.99 and distance_km(tr.lat, tr.lon, s.lat, s.lon) > limit):
-        return Candidate(tr.track_id, flat, limit, math.inf, "speed")
+    if (flat > limit * 0.99 or abs(s.lat) > 70.0) and distance_km(tr.lat, tr.lon, s.lat, s.lon) > limit:
+        return "speed", flat, limit, math.inf
     kind = _kind(_specific(tr.uav_type, stype))
     # The type's own top speed, from the latest position: a multirotor track cannot explain a report 15 km off
     # five minutes later.
     if kind.max_speed_kmh < params.max_speed_kmh:
         limit = kind.max_speed_kmh * adt / S_PER_H + err2
         if flat > limit:
-            return Candidate(tr.track_id, flat, limit, math.inf, "type speed")
+            return "type speed", flat, limit, math.inf
     h = dt / S_PER_H
     vn = tr.v_north_kmh or 0.0
     ve = tr.v_east_kmh or 0.0
     speed = math.hypot(vn, ve)
     fast_known = tr.v_error_kmh <= KNOWN_V_SIGMA_KMH and speed >= 80.0
     # The caller sees a slow or hovering object: it cannot be one that had to cover the distance from the track's
-    # last fix at more than SLOW_IMPLIED_MAX_KMH (against a track known to be fast, "slow" is more likely the
+    # last fix at more than SLOW_IMPLIED_MAX_KMH (against a track that seems fast, "slow" is more likely the
     # caller's mistake: penalised below, not refused).
     if (
         (s.speed == _SLOW or s.movement == _HOVERING)
-        and not fast_known
+        and speed < 80.0
         and adt > 0.0
         and (flat - err2) / adt * S_PER_H > SLOW_IMPLIED_MAX_KMH
     ):
-        return Candidate(tr.track_id, flat, err2 + SLOW_IMPLIED_MAX_KMH * adt / S_PER_H, math.inf, "slow")
+        return "slow", flat, err2 + SLOW_IMPLIED_MAX_KMH * adt / S_PER_H, math.inf
     miss = math.hypot(dn - vn * h, de - ve * h)
     a = tr.error_km * tr.error_km / 2.0
     c = tr.v_error_kmh * tr.v_error_kmh
@@ -459,7 +459,7 @@ def _judge(s: Sighting, tr: TrackState, params: TrackParams) -> Candidate:
     gate_var = pred_var + params.position_error_km**2 / 2.0 + acc_var
     gate = GATE_SIGMAS * math.sqrt(gate_var) + kind.manoeuvre * speed * adt / S_PER_H
     if miss > gate:
-        return Candidate(tr.track_id, miss, gate, math.inf, "prediction")
+        return "prediction", miss, gate, math.inf
     # The score is the 2-D Gaussian's negative log likelihood: for tracks as sure of themselves it orders them
     # by miss alone; of two as near, the surer one wins, so a young track born of one caller's wild position
     # does not take the reports of the established track it duplicates.
@@ -470,17 +470,21 @@ def _judge(s: Sighting, tr: TrackState, params: TrackParams) -> Candidate:
             if off > 60.0:
                 score += HEADING_PENALTY * (off - 60.0) / 120.0
         if s.movement == _HOVERING and speed >= 120.0 and tr.v_error_kmh <= 25.0:
-            return Candidate(tr.track_id, miss, gate, math.inf, "hovering")
+            return "hovering", miss, gate, math.inf
         if s.speed == _SLOW or s.movement == _HOVERING:
             score += SLOW_PENALTY
     elif tr.v_error_kmh <= KNOWN_V_SIGMA_KMH and speed < 30.0 and s.speed == _FAST:
         score += SLOW_PENALTY
-    return Candidate(tr.track_id, miss, gate, score, "")
+    return "", miss, gate, score
 
 
 def explain(s: Sighting, open_tracks: Sequence[TrackState], params: TrackParams) -> list[Candidate]:
     """How each open track judges s, as `assign` does (without its prefilter): for a dispatcher's "why"."""
-    return [_judge(s, tr, params) for tr in open_tracks]
+    out = []
+    for tr in open_tracks:
+        refused, miss, gate, score = _judge(s, tr, params)
+        out.append(Candidate(tr.track_id, miss, gate, score, refused))
+    return out
 
 
 def assign(s: Sighting, open_tracks: Sequence[TrackState], now: float, params: TrackParams) -> Decision:
@@ -489,16 +493,19 @@ def assign(s: Sighting, open_tracks: Sequence[TrackState], now: float, params: T
     Every gate is in observed time (a late report is judged where the drone was when it was seen), so `now` is
     not needed for the decision; the caller drops tracks that have closed.
     """
-    t = s.observed_at
+    t, lat, status, stype = s.observed_at, s.lat, s.status, s.uav_type
     window = params.join_window_s
-    reach = params.max_speed_kmh * window / S_PER_H + CALLER_ERRORS * params.position_error_km
-    # A box from the widest gate, before any trigonometry: most of 500 open tracks fail it.
-    dlat = reach / KM_PER_DEG
-    lat_lo, lat_hi = s.lat - dlat, s.lat + dlat
+    err2 = CALLER_ERRORS * params.position_error_km
+    deg_per_s = params.max_speed_kmh / S_PER_H / KM_PER_DEG
+    # A box from the widest gate, then the contract's gate on latitude alone (a lower bound of the distance),
+    # before any trigonometry: of 500 open tracks over a region, most fail the first, most others the second.
+    dlat = (params.max_speed_kmh * window / S_PER_H + err2) / KM_PER_DEG
+    lat_lo, lat_hi = lat - dlat, lat + dlat
     t_lo, t_hi = t - window, t + window
-    dlon = dlat / math.cos(math.radians(min(89.9, abs(s.lat) + dlat)))
+    dlon = dlat / math.cos(math.radians(min(89.9, abs(lat) + dlat)))
     lon_lo, lon_hi = s.lon - dlon, s.lon + dlon
-    if lon_lo < -180.0 or lon_hi > 180.0:
+    wraps = lon_lo < -180.0 or lon_hi > 180.0
+    if wraps:
         near = [tr for tr in open_tracks if lat_lo <= tr.lat <= lat_hi and t_lo <= tr.last_seen <= t_hi]
     else:
         near = [
@@ -506,14 +513,33 @@ def assign(s: Sighting, open_tracks: Sequence[TrackState], now: float, params: T
             for tr in open_tracks
             if lat_lo <= tr.lat <= lat_hi and lon_lo <= tr.lon <= lon_hi and t_lo <= tr.last_seen <= t_hi
         ]
-    best: Candidate | None = None
+    err2_deg = err2 / KM_PER_DEG
+    # Off the poles and the antimeridian, the flat distance with the report's own cos(lat) is within 1 % of the
+    # great circle over the box: 2.5 % beyond the contract's gate is surely beyond it.
+    flat_ok = not wraps and abs(lat) <= 70.0
+    cos2 = math.cos(math.radians(lat)) ** 2
+    margin2 = 1.025**2
+    lon = s.lon
+    best: TrackState | None = None
+    best_score = math.inf
+    best_miss = 0.0
     for tr in near:
-        c = _judge(s, tr, params)
-        if not c.refused and (best is None or c.score < best.score):
-            best = c
+        tt = tr.uav_type
+        if tr.status != status or (tt != stype and tt != _UNKNOWN and stype != _UNKNOWN):
+            continue
+        reach = deg_per_s * abs(t - tr.last_seen) + err2_deg
+        dlat_t = tr.lat - lat
+        if abs(dlat_t) > reach:  # the distance is at least the latitude's
+            continue
+        dlon_t = tr.lon - lon
+        if flat_ok and dlat_t * dlat_t + dlon_t * dlon_t * cos2 > reach * reach * margin2:
+            continue
+        refused, miss, _, score = _judge(s, tr, params)
+        if not refused and score < best_score:
+            best, best_score, best_miss = tr, score, miss
     if best is None:
         return _NEW
-    return Decision(best.track_id, best.miss_km)
+    return Decision(best.track_id, best_miss)
 
 
 # ---- what the desk sees --------------------------------------------------------------------------------------
