@@ -35,6 +35,8 @@ def parse(argv: Sequence[str] | None) -> Plan:
                    help="do not measure the peer (Alertmanager relaying an alert to a webhook)")
     p.add_argument("--site", action="store_true",
                    help="the relay configured as a site runs it: two desks, SMS and e-mail configured, info logs")
+    p.add_argument("--tracks", type=int, default=0, metavar="N",
+                   help="tracks on, with N other open tracks (reports 30 km apart) before the measurements (0: off)")
     p.add_argument("--profile", metavar="FILE",
                    help="also sample the relay with py-spy (--gil) into FILE; see bench/profile_summary.py")
     a = p.parse_args(argv)
@@ -42,9 +44,9 @@ def parse(argv: Sequence[str] | None) -> Plan:
         p.error("counts must be positive")
     if a.quick:
         return Plan(warmup=10, sequential=100, burst=100, open=1000, floor=100, profile=a.profile,
-                    peer=not a.no_peer, site=a.site)
+                    peer=not a.no_peer, site=a.site, tracks=a.tracks)
     return Plan(warmup=50, sequential=a.sequential, burst=a.burst, open=a.open, floor=a.floor, profile=a.profile,
-                peer=not a.no_peer, site=a.site)
+                peer=not a.no_peer, site=a.site, tracks=a.tracks)
 
 
 def relay_version() -> str:
@@ -88,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failure: str | None = None
     try:
         world.start_broker()
-        world.start_relay(site=plan.site)
+        world.start_relay(site=plan.site, tracks=plan.tracks > 0)
         world.start_floor_server()
         rss_start = rss_mb(world.relay.pid)
         if plan.profile:

@@ -190,10 +190,10 @@ class World:
         self.procs.append(p)
         wait_port(self.broker_port, p.proc, "mosquitto")
 
-    def start_relay(self, *, site: bool = False) -> None:
+    def start_relay(self, *, site: bool = False, tracks: bool = False) -> None:
         self.relay_port = free_port()
         config = self.workdir / "relay.toml"
-        config.write_text(relay_toml(self.workdir, self.relay_port, self.broker_port, site=site))
+        config.write_text(relay_toml(self.workdir, self.relay_port, self.broker_port, site=site, tracks=tracks))
         p = _spawn("relay", [python(), "-m", "relay", "run", "--config", str(config)], self.workdir / "relay.stderr")
         self.procs.append(p)
         wait_ready(f"http://127.0.0.1:{self.relay_port}/readyz", p.proc, "relay")
@@ -238,7 +238,7 @@ class World:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def relay_toml(workdir: Path, http_port: int, broker_port: int, *, site: bool = False) -> str:
+def relay_toml(workdir: Path, http_port: int, broker_port: int, *, site: bool = False, tracks: bool = False) -> str:
     """The minimal relay (one desk, MQTT only, warning logs), or with `site` what a site runs: a second desk that
     every report is routed to as well, SMS and e-mail configured for both desks, info logs. The backups never fire
     (no ack is due within the run), and their far ends are closed ports on 127.0.0.1: what the site profile adds
@@ -293,7 +293,7 @@ client_id = "bench-relay"
 [escalation]
 give_up_s = 3600
 ack_timeout_s = 600
-{backups}
+{"[tracks]" + chr(10) + "enabled = true" + chr(10) if tracks else ""}{backups}
 [[operators]]
 id = "op-1"
 token = {q(OPERATOR_TOKEN)}

@@ -177,7 +177,8 @@ def render(m: dict[str, Any], r: dict[str, Any], plan: Plan) -> list[str]:
         f"mosquitto {m['mosquitto']}, Alertmanager {m.get('alertmanager', '?')}, store on {m['store_fs']}; "
         f"relay at {m['relay_commit']}; profile: "
         + ("site (two desks, SMS and e-mail configured, info logs)" if plan.site else "minimal (one desk, MQTT, "
-           "warning logs)"),
+           "warning logs)")
+        + (f"; tracks on, {plan.tracks} other open tracks" if plan.tracks else ""),
         table.header(),
         table.rule(),
         lat(f"HTTP POST -> console (sequential, n={n})", seq.end_to_end, "p50<1.5ms p99<5ms",

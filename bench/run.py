@@ -28,6 +28,8 @@ class Plan:
     peer: bool = True  # also measure Alertmanager (bench/peer.py), where it is installed
     # what a site runs: two routed desks, SMS and e-mail configured (not fired: no ack is due), info logs
     site: bool = False
+    # tracks on, and this many other open tracks (far from where the measured reports are) before measuring
+    tracks: int = 0
 
     @property
     def isolated(self) -> int:
@@ -87,6 +89,11 @@ async def measure(world: World, plan: Plan) -> dict[str, Any]:
     async with Receiver(world.broker_port, "bench-console-airfield-1", ALERT_TOPIC) as console:
         await measure_floors(world, plan, out)
 
+        if plan.tracks:
+            say(f"tracks on: {plan.tracks} other open tracks first ...")
+            async with session(0) as s:
+                out["track_seed"] = await scenarios.fill(s, url, console, "t", plan.tracks,
+                                                         body=scenarios.elsewhere_body)
         say(f"sequential: {plan.warmup} warm-up + {plan.sequential}, then {plan.isolated} isolated ...")
         async with session(1) as s:
             phases.append(await scenarios.sequential(s, url, console, "w", plan.warmup))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -168,15 +169,27 @@ class Fill:
     seconds: float
 
 
+def elsewhere_body(report_id: str) -> bytes:
+    """A report of another object, one per grid cell 30-35 km apart (south-west of where `report_body` reports)."""
+    n = int(report_id.rsplit("-", 1)[1])
+    return json.dumps({
+        "report_id": report_id,
+        "observed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "location": {"lat": 45.0 + 0.3 * (n // 25), "lon": 30.0 + 0.5 * (n % 25)},
+        "uav_type": "multirotor",
+        "count": 1,
+    }).encode()
+
+
 async def fill(session: aiohttp.ClientSession, url: str, console: Receiver, prefix: str, n: int,
-               chunk: int = 500) -> Fill:
+               chunk: int = 500, body: Callable[[str], bytes] = report_body) -> Fill:
     """Post `n` more reports, `chunk` at a time concurrently, and wait until the console had every alert."""
     t0 = time.perf_counter()
     expected: list[str] = []
     non_201 = 0
     for start in range(0, n, chunk):
         ids = [f"{prefix}-{i}" for i in range(start, min(n, start + chunk))]
-        results = await asyncio.gather(*(_timed_post(session, url, report_body(r), t0) for r in ids))
+        results = await asyncio.gather(*(_timed_post(session, url, body(r), t0) for r in ids))
         for rid, (status, _) in zip(ids, results, strict=True):
             if status == 201:
                 expected.append(rid)

@@ -154,3 +154,18 @@ async def test_with_tracks_off_every_alert_is_its_own_track(tmp_path: Path) -> N
             await h.run_until(10)
             assert len(h.sent("sms")) == 1  # v1: one bundle of three alerts to the phone
             assert len(h.sent("email")) == 3
+
+
+async def test_when_the_lead_is_given_up_the_tracks_next_open_alert_carries_the_chain(h: EngineHarness) -> None:
+    first = await h.accept(sighting(h, 0, km_west=20))
+    await h.run_until(300)
+    later = await h.accept(sighting(h, 1, km_west=6))  # the drone, five minutes on
+    assert (await h.alert(later)).track_id == first
+    await h.run_until(1300)
+    times = h.times("sms")
+    assert (await h.alert(first)).state is AlertState.UNACKNOWLEDGED  # its own give-up time: 900 s
+    assert (await h.alert(later)).state is AlertState.UNACKNOWLEDGED  # 300 + 900 s
+    before, after = [t for t in times if t < 900], [t for t in times if 900 <= t <= 1200]
+    assert before == [10.0 + 60 * n for n in range(15)]  # one chain: the later alert adds no rounds of its own
+    assert after and max(b - a for a, b in zip([before[-1], *after], after, strict=False)) <= 60.0
+    assert len(after) >= 4  # the later alert went on being escalated until its own give-up

@@ -379,6 +379,9 @@ export function stateDetail(alert) {
   const state = shownState(alert);
   const names = (wanted) => [...new Set(alert.deliveries.filter((d) => wanted.includes(d.state))
     .map((d) => channelName(d.channel)))].join(', ');
+  if (state === 'acknowledged' && alert.ack && alert.ack.via_track) {
+    return t('state_detail.acknowledged_track', {by: alert.ack.by || alert.ack.desk_id, desk: alert.ack.desk_id});
+  }
   if (state === 'acknowledged' && alert.ack) {
     return t('state_detail.acknowledged', {
       by: alert.ack.by || alert.ack.desk_id, desk: alert.ack.desk_id, channel: channelName(alert.ack.channel),

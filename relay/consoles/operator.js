@@ -237,7 +237,11 @@ function recentItem(alert) {
       el('time', {datetime: r.observed_at, text: clock(r.observed_at)}),
       ` · ${placeLines(r).place} · ${enumLabel('uav_type', r.uav_type || 'unknown')} ×${r.count ?? 1}`),
     el('span', {class: `state state-${state}`, text: t(`states.${state}`)}),
-    el('span', {class: 'detail', text: detail}));
+    el('span', {class: 'detail', text: detail}),
+    // the relay holds it to be the same drone as earlier reports: the airfield sees them as one track
+    alert.track_id && alert.track_id !== alert.alert_id
+      ? el('span', {class: 'detail track', text: t('state_detail.joined_track', {track: alert.track_id.slice(-6)})})
+      : '');
 }
 
 function render() {

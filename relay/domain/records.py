@@ -67,10 +67,11 @@ class AlertRecord:
 @dataclass(frozen=True, slots=True)
 class TrackContext:
     estimate: TrackState
-    alert_ids: tuple[str, ...]
+    alert_ids: tuple[str, ...]  # the latest ones (a console's payload names at most a hundred)
     acknowledged: bool = False
     update_for: frozenset[str] = frozenset()  # desks that already had an alert of this track
     other_codes: tuple[str, ...] = ()  # the track's other open short codes (for a backup round)
+    reports: int = 0  # how many alerts the track holds; 0: as many as alert_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class OpenAlert:
     alert_id: str
     short_code: str
     priority: Priority
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

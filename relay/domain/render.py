@@ -63,7 +63,7 @@ def mqtt_alert(alert: AlertRecord, desk_id: str, ack_topic: str) -> bytes:
     if t is not None:
         body["update"] = desk_id in t.update_for
         state = "acknowledged" if t.acknowledged and alert.ack is not None else "open"
-        body["track"] = track_json(t.estimate, state, t.alert_ids)
+        body["track"] = track_json(t.estimate, state, t.alert_ids, t.reports)
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -22,14 +22,15 @@ def track_state(states: Collection[AlertState], acknowledged: bool, last_seen: f
     return "acknowledged" if acknowledged else "open"
 
 
-def track_json(estimate: TrackState, state: str, alert_ids: Sequence[str]) -> dict[str, Any]:
-    """The track JSON without `desks` (the MQTT alert payload's `track`)."""
+def track_json(estimate: TrackState, state: str, alert_ids: Sequence[str], reports: int = 0) -> dict[str, Any]:
+    """The track JSON without `desks` (the MQTT alert payload's `track`); `reports` when `alert_ids` are only the
+    latest of them."""
     speed = estimate.speed_kmh()
     return {
         "track_id": estimate.track_id,
         "state": state,
         "alert_ids": list(alert_ids),
-        "reports": len(alert_ids),
+        "reports": reports or len(alert_ids),
         "first_seen": to_datetime(estimate.first_seen).isoformat(),
         "last_seen": to_datetime(estimate.last_seen).isoformat(),
         "position": {"lat": round(estimate.lat, 5), "lon": round(estimate.lon, 5)},

@@ -29,10 +29,11 @@ S_PER_H = 3600.0
 # Nobody on the ground places a drone better than this, whatever accuracy_m says (that is often the phone's
 # own fix, and the drone is a kilometre or more away from it).
 MIN_ERROR_KM = 0.5
-# The gate on the predicted position, in standard deviations of the prediction (2-D: exp(-k²/2) of true
-# reports fall outside: 3.5 -> 0.2 %). The caller's own error is allowed for on top (CALLER_ERRORS).
+# The gate on the predicted position, in standard deviations of the miss (the prediction's and the caller's
+# errors together; in 2-D, exp(-k²/2) of true reports fall outside: 3.5 -> 0.2 %), plus a turn allowance.
 GATE_SIGMAS = 3.5
-CALLER_ERRORS = 2.0  # × TrackParams.position_error_km, as the contract's gate (b) allows for the two ends
+# The contract's gate (b) allows max_speed × |Δt| plus this many position_error_km: one for each end.
+CALLER_ERRORS = 2.0
 # Dead reckoning further than this is a guess, not an estimate: position_at holds the track there.
 MAX_DEAD_RECKONING_S = 900.0
 # A velocity this uncertain (1-sigma per axis) is not shown as a speed or heading.
@@ -68,7 +69,8 @@ class _Kind:
 
 
 # A Shahed-type fixed wing flies straight at 150-190 km/h; a helicopter turns hard; a multirotor seldom
-# exceeds 120 km/h but stops and turns at will. An unknown type is allowed all of it.
+# exceeds 120 km/h but stops and turns at will. An unknown type is allowed all of it. (The figures were tuned on
+# bench.tracks, where the results are flat around them.)
 _KINDS: dict[str, _Kind] = {
     UavType.FIXED_WING.value: _Kind(260.0, 120.0, 2.0e4, 0.12),
     UavType.MULTIROTOR.value: _Kind(130.0, 45.0, 3.0e4, 0.30),
@@ -343,6 +345,7 @@ def join(track: TrackState, s: Sighting, *, params: TrackParams = DEFAULT_PARAMS
         pn, pe = pn + g0 * yn, pe + g0 * ye
         vn, ve = vn + g1 * yn, ve + g1 * ye
         a, b, c = a - g0 * g0 * s_v, b - g0 * g1 * s_v, c - g1 * g1 * s_v
+    # Two wild positions a few seconds apart can fling the estimate past what anything of the type flies.
     speed = math.hypot(vn, ve)
     cap = min(kind.max_speed_kmh, params.max_speed_kmh * 1.2)
     if speed > cap:

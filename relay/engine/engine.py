@@ -548,7 +548,9 @@ class Engine:
         found = self._pass_tracks.get(alert.track_id)
         if found is None:  # once per track and scheduler pass: a raid's alerts often fall due together
             found = self._pass_tracks[alert.track_id] = await self._store.open_in_track(alert.track_id)
-        chained = [o for o in found.open if o.priority != Priority.FLASH]
+        # an alert at its give-up time is given up in this pass: it no longer carries the chain
+        until = self._clock.now() - self._policy.give_up_s
+        chained = [o for o in found.open if o.priority != Priority.FLASH and o.created_at > until]
         others = tuple(o.short_code for o in chained if o.alert_id != alert.alert_id)
         context = self._book.context(alert.track_id, alert.alert_id) or TrackContext(
             tracks.start(Sighting.of(alert.report), alert.track_id), (alert.alert_id,))
@@ -600,6 +602,8 @@ class Engine:
             extra={"event": "alert_unacknowledged", "alert_id": alert.alert_id, "operator_id": alert.operator_id},
         )
         self._bus.publish(StateEvent.of(closed, now))
+        self._pass_tracks.pop(alert.track_id, None)
+        self._due(now)
 
 
 def _chosen(alert: AlertRecord, delivery_ids: Sequence[str]) -> list[DeliveryRecord]:

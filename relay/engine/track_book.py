@@ -7,6 +7,7 @@ replay, a conflict, a store error) is taken out again and its track rebuilt from
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,9 @@ from relay.domain.records import AckRecord, TrackContext, TrackRecord
 from relay.domain.tracks import Sighting, TrackParams, TrackState
 
 SWEEP_EVERY_S = 10.0
+# A console's payload names at most this many of a track's alerts, the latest (`reports` is the whole count):
+# a flood of calls about one place must not grow every message without bound. The API lists them all.
+PAYLOAD_ALERT_IDS = 100
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Placement:
     alert_ids: tuple[str, ...] = ()
 
     def context(self) -> TrackContext:
-        return TrackContext(self.estimate, self.alert_ids, self.ack is not None, self.update_for)
+        return TrackContext(self.estimate, self.alert_ids, self.ack is not None, self.update_for, reports=self.reports)
 
 
 class TrackBook:
@@ -95,15 +99,15 @@ class TrackBook:
         track.desks[alert_id] = desks
         track.seen_by.update(desks)
         return Placement(track.estimate.track_id, track.estimate, track.opened_at, joined is None,
-                         len(track.sightings), before, track.ack, tuple(track.sightings))
+                         len(track.sightings), before, track.ack, _latest(track.sightings))
 
     def context(self, track_id: str, alert_id: str) -> TrackContext | None:
         """What a console's payload says of the track, for an alert sent again (a retry, the primary back)."""
         track = self._tracks.get(track_id)
         if track is None:
             return None
-        return TrackContext(track.estimate, tuple(track.sightings), track.ack is not None,
-                            track.desks_before(alert_id))
+        return TrackContext(track.estimate, _latest(track.sightings), track.ack is not None,
+                            track.desks_before(alert_id), reports=len(track.sightings))
 
     def undo(self, alert_id: str, track_id: str) -> None:
         """The report was not stored after all: its track is as if it had never come."""
@@ -135,3 +139,7 @@ class TrackBook:
         horizon = now - 2 * self._params.join_window_s
         for track_id in [k for k, t in self._tracks.items() if t.estimate.last_seen < horizon]:
             del self._tracks[track_id]
+
+
+def _latest(sightings: dict[str, Sighting]) -> tuple[str, ...]:
+    return tuple(itertools.islice(reversed(sightings), PAYLOAD_ALERT_IDS))[::-1]

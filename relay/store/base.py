@@ -75,7 +75,8 @@ class Store(Protocol):
     async def save_schedule(self, alert_id: str, schedule: Schedule) -> None: ...
 
     async def give_up(self, alert_id: str, at: float) -> AlertRecord | None:
-        """Make an open alert `unacknowledged` and stop its sends; None if it was not open."""
+        """Make an open alert `unacknowledged` and stop its sends; None if it was not open. The other open alerts
+        of its track become due at once (one of them may carry the track's backup chain now)."""
         ...
 
     async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]: ...

@@ -513,11 +513,10 @@ class SQLiteStore:
         conn = self._read()
         row = conn.execute("SELECT opened_at FROM tracks WHERE track_id = ?", (track_id,)).fetchone()
         rows = conn.execute(
-            f"SELECT alert_id, short_code, priority FROM alerts WHERE track_id = ? AND state IN {_OPEN_SQL} "  # noqa: S608
-            "ORDER BY alert_id", (track_id,),
+            _OPEN_IN_TRACK_SQL, (track_id,),
         ).fetchall()
         opened_at = row[0] if row is not None else math.inf
-        return OpenInTrack(opened_at, tuple(OpenAlert(r[0], r[1], Priority(r[2])) for r in rows))
+        return OpenInTrack(opened_at, tuple(OpenAlert(r[0], r[1], Priority(r[2]), r[3]) for r in rows))
 
     async def ack_track(self, track_id: str, ack: AckRecord) -> list[AckResult]:
         return await self._write(functools.partial(_op_ack_track, track_id=track_id, ack=ack))
@@ -852,6 +851,13 @@ def _op_give_up(conn: sqlite3.Connection, alert_id: str, at: float) -> AlertReco
     _save_alert_state(conn, closed, closed_at=at)
     cancelled = _cancel_queued(conn, alert_id, at)
     _insert_event(conn, EventRecord(alert_id, at, "unacknowledged", {"cancelled": cancelled}))
+    # if it carried its track's backup chain, another open alert of the track carries it now: the planner decides
+    # which, at once rather than at their next due time
+    conn.execute(
+        f"UPDATE alerts SET next_action_at = ? WHERE track_id = ? AND state IN {_OPEN_SQL} "  # noqa: S608
+        "AND next_action_at > ?",
+        (at, closed.track_id, at),
+    )
     return closed
 
 
@@ -927,6 +933,10 @@ def _ack_from_json(text: str | None) -> AckRecord | None:
     return AckRecord("", d["desk_id"], d["channel"], d["by"], d["at"], 0.0, d.get("source", ""), via_track=True)
 
 
+_OPEN_IN_TRACK_SQL = (
+    "SELECT alert_id, short_code, priority, created_at FROM alerts "  # noqa: S608 - a fixed fragment
+    f"WHERE track_id = ? AND state IN {_OPEN_SQL} ORDER BY alert_id"
+)
 _TRACK_ALERT_SQL = (
     "SELECT alert_id, operator_id, short_code, state, priority, created_at, desks_json, report_json "
     "FROM alerts WHERE track_id = ? ORDER BY alert_id"
