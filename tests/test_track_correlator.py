@@ -7,11 +7,13 @@ import json
 import math
 from dataclasses import fields
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from relay.domain import tracks
 from relay.domain.model import validate_report
+from relay.domain.routing import distance_km
 from relay.domain.tracks import (
     KM_PER_DEG,
     Decision,
@@ -37,7 +39,7 @@ def at(north_km: float, east_km: float) -> tuple[float, float]:
     return lat, LON0 + east_km / (KM_PER_DEG * math.cos(math.radians(lat)))
 
 
-def seen(t: float, north_km: float = 0.0, east_km: float = 0.0, **kw: object) -> Sighting:
+def seen(t: float, north_km: float = 0.0, east_km: float = 0.0, **kw: Any) -> Sighting:
     lat, lon = at(north_km, east_km)
     return Sighting(T0 + t, lat, lon, **kw)
 
@@ -46,7 +48,7 @@ def one(s: Sighting, track_id: str = "T1") -> TrackState:
     return start(s, track_id)
 
 
-def flying_east(track_id: str = "T1", kmh: float = 180.0, until_s: int = 300, **kw: object) -> TrackState:
+def flying_east(track_id: str = "T1", kmh: float = 180.0, until_s: int = 300, **kw: Any) -> TrackState:
     """A drone seen every minute from t=0 on a straight line east of the origin."""
     return rebuild(track_id, [seen(t, 0.0, kmh * t / 3600, **kw) for t in range(0, until_s + 1, 60)])
 
@@ -132,11 +134,13 @@ def test_an_exercise_never_joins_an_actual_track(track_status: str, report_statu
 # ---- the choice between tracks ------------------------------------------------------------------------------
 
 
-def moving(track_id: str, north_km: float, east_km: float, v_east_kmh: float) -> TrackState:
+def moving(track_id: str, north_km: float, east_km: float, v_east_kmh: float | None,
+           v_north_kmh: float | None = 0.0, uav_type: str = "unknown") -> TrackState:
+    """A track last seen at T0 so many km from the origin, its velocity known to 10 km/h."""
     lat, lon = at(north_km, east_km)
-    return TrackState(track_id=track_id, status="actual", uav_type="unknown", first_seen=T0 - 300, last_seen=T0,
-                      lat=lat, lon=lon, error_km=1.0, v_north_kmh=0.0, v_east_kmh=v_east_kmh, reports=5, count=1,
-                      priority="immediate", v_error_kmh=10.0, pv_cov=0.0)
+    return TrackState(track_id=track_id, status="actual", uav_type=uav_type, first_seen=T0 - 300, last_seen=T0,
+                      lat=lat, lon=lon, error_km=1.0, v_north_kmh=v_north_kmh, v_east_kmh=v_east_kmh, reports=5,
+                      count=1, priority="immediate", v_error_kmh=10.0, pv_cov=0.0)
 
 
 def test_of_two_candidates_the_one_nearest_where_it_would_be_now_wins() -> None:
@@ -178,7 +182,7 @@ def test_a_report_at_the_tracks_old_position_minutes_later_is_another_drone() ->
     # A minute after the last fix, where the first drone was 2.5 minutes before it: within the contract's gate
     # from the last fix (7.5 km, the gate allows 8.2), but 10.5 km from where the first drone is now.
     second = seen(360, 0.0, 7.5)
-    assert tracks.distance_km(track.lat, track.lon, second.lat, second.lon) < LIMIT_60S_KM
+    assert distance_km(track.lat, track.lon, second.lat, second.lon) < LIMIT_60S_KM
     assert decide(second, track).track_id is None
     assert decide(seen(360, 0.0, 18.0), track).track_id == "T1"
 
@@ -226,7 +230,7 @@ def test_a_late_report_is_judged_where_the_drone_was_when_it_was_seen() -> None:
     assert after.last_seen == track.last_seen
     assert after.first_seen == track.first_seen
     assert after.reports == track.reports + 1
-    assert tracks.distance_km(after.lat, after.lon, track.lat, track.lon) < 0.5
+    assert distance_km(after.lat, after.lon, track.lat, track.lon) < 0.5
     # Seen then somewhere the drone was not: another one.
     assert assign(seen(120, 0.0, 16.0), [track], T0 + 500, P).track_id is None
 
@@ -327,7 +331,7 @@ def test_track_state_from_json_without_the_filters_extras() -> None:
 def test_position_at_dead_reckons_and_holds_beyond_its_horizon() -> None:
     track = moving("A", 0.0, 0.0, 180.0)
     lat, lon = track.position_at(T0 + 120)
-    assert tracks.distance_km(track.lat, track.lon, lat, lon) == pytest.approx(6.0, rel=0.01)
+    assert distance_km(track.lat, track.lon, lat, lon) == pytest.approx(6.0, rel=0.01)
     assert tracks.bearing_deg(track.lat, track.lon, lat, lon) == pytest.approx(90.0, abs=0.1)
     far = track.position_at(T0 + 7200)
     assert far == track.position_at(T0 + tracks.MAX_DEAD_RECKONING_S)
@@ -335,10 +339,7 @@ def test_position_at_dead_reckons_and_holds_beyond_its_horizon() -> None:
 
 
 def test_desk_view_of_an_approaching_track() -> None:
-    lat, lon = at(30.0, 0.0)  # 30 km north of the airfield, flying south at 180 km/h
-    track = TrackState(track_id="T1", status="actual", uav_type="fixed_wing", first_seen=T0 - 300, last_seen=T0,
-                       lat=lat, lon=lon, error_km=1.0, v_north_kmh=-180.0, v_east_kmh=0.0, reports=6, count=1,
-                       priority="immediate", v_error_kmh=10.0, pv_cov=0.0)
+    track = moving("T1", 30.0, 0.0, 0.0, v_north_kmh=-180.0)  # 30 km north of the airfield, flying south
     v = desk_view(track, LAT0, LON0, T0)
     assert v.distance_km == pytest.approx(30.0, rel=0.005)
     assert v.bearing_deg == 0
@@ -350,21 +351,16 @@ def test_desk_view_of_an_approaching_track() -> None:
 
 
 def test_desk_view_of_a_receding_or_hovering_track_has_no_eta() -> None:
-    lat, lon = at(0.0, 20.0)
-    base = dict(track_id="T1", status="actual", uav_type="unknown", first_seen=T0 - 300, last_seen=T0, lat=lat,
-                lon=lon, error_km=1.0, reports=6, count=1, priority="immediate", v_error_kmh=10.0, pv_cov=0.0)
-    receding = TrackState(v_north_kmh=0.0, v_east_kmh=150.0, **base)
+    receding = moving("T1", 0.0, 20.0, 150.0)  # 20 km east, flying east
     v = desk_view(receding, LAT0, LON0, T0)
     assert v.bearing_deg == 90
     assert v.distance_km == pytest.approx(20.0, rel=0.005)
     assert v.eta_s is None
-    hovering = TrackState(v_north_kmh=1.0, v_east_kmh=-2.0, **base)
-    assert desk_view(hovering, LAT0, LON0, T0).eta_s is None
-    unknown = TrackState(v_north_kmh=None, v_east_kmh=None, **base)
-    assert desk_view(unknown, LAT0, LON0, T0).eta_s is None
+    assert desk_view(moving("T1", 0.0, 20.0, -2.0, v_north_kmh=1.0), LAT0, LON0, T0).eta_s is None
+    assert desk_view(moving("T1", 0.0, 20.0, None, v_north_kmh=None), LAT0, LON0, T0).eta_s is None
     # Passing by, 80° off the line to the airfield: not approaching it.
-    passing = TrackState(v_north_kmh=150.0 * math.cos(math.radians(190.0)),
-                         v_east_kmh=150.0 * math.sin(math.radians(190.0)), **base)
+    course = math.radians(190.0)
+    passing = moving("T1", 0.0, 20.0, 150.0 * math.sin(course), v_north_kmh=150.0 * math.cos(course))
     assert desk_view(passing, LAT0, LON0, T0).eta_s is None
 
 
