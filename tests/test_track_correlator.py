@@ -187,6 +187,18 @@ def test_a_report_at_the_tracks_old_position_minutes_later_is_another_drone() ->
     assert decide(seen(360, 0.0, 18.0), track).track_id == "T1"
 
 
+def test_a_fixed_wing_in_transit_is_not_found_where_it_was_before_its_track_knows_its_velocity() -> None:
+    # Two reports 20 s apart: too close to tell a velocity, but callers say it is a fixed wing in transit.
+    young = join(one(seen(0, uav_type="fixed_wing", movement="transit")), seen(20, 0.3, 0.2))
+    assert young.speed_kmh() is None
+    follower = seen(320, 0.5, -0.5)  # five minutes later, where it was: the drone behind it on its route
+    assert decide(follower, young).track_id is None
+    assert decide(seen(320, 0.0, 14.0), young).track_id == "T1"  # where it would be at 170 km/h
+    # Without a word on transit, or circling (a loitering fixed wing), it may still be there.
+    assert decide(follower, join(one(seen(0, uav_type="fixed_wing")), seen(20, 0.3, 0.2))).track_id == "T1"
+    assert decide(seen(320, 0.5, -0.5, movement="circling"), young).track_id == "T1"
+
+
 def test_two_drones_on_one_corridor_stay_two_tracks() -> None:
     """The second drone flies the same line four minutes behind the first; the reports interleave."""
     book: dict[str, TrackState] = {}

@@ -45,6 +45,7 @@ _SLOW = Speed.SLOW.value
 _UNKNOWN = UavType.UNKNOWN.value
 _HOVERING = Movement.HOVERING.value
 _CIRCLING = Movement.CIRCLING.value
+_TRANSIT = Movement.TRANSIT.value
 _URGENCY = {Priority.FLASH.value: 0, Priority.IMMEDIATE.value: 1, Priority.ROUTINE.value: 2}
 
 
@@ -141,6 +142,9 @@ class TrackState:
     priority: str  # most urgent priority seen (flash > immediate > routine)
     v_error_kmh: float = _KINDS[_UNKNOWN].v_sigma_kmh  # 1-sigma of each velocity component
     pv_cov: float = 0.0  # covariance of position and velocity per axis, km²/h
+    # Callers' words on whether it goes somewhere: +1 for each "transit" or "fast", -1 for each "hovering",
+    # "circling" or "slow".
+    moving_votes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -151,7 +155,9 @@ class TrackState:
             v = d.get(key)
             return None if v is None else float(v)
 
-        extra: dict[str, float] = {k: float(d[k]) for k in ("v_error_kmh", "pv_cov") if d.get(k) is not None}
+        extra: dict[str, Any] = {k: float(d[k]) for k in ("v_error_kmh", "pv_cov") if d.get(k) is not None}
+        if d.get("moving_votes") is not None:
+            extra["moving_votes"] = int(d["moving_votes"])
         return cls(
             track_id=str(d["track_id"]),
             status=str(d["status"]),
@@ -271,6 +277,12 @@ def _velocity_hint(s: Sighting, uav_type: str) -> tuple[float, float, float] | N
     return None
 
 
+def _vote(s: Sighting) -> int:
+    moving = s.movement == _TRANSIT or s.speed == _FAST
+    still = s.movement in (_HOVERING, _CIRCLING) or s.speed == _SLOW
+    return int(moving) - int(still)
+
+
 def start(s: Sighting, track_id: str, *, params: TrackParams = DEFAULT_PARAMS) -> TrackState:
     kind = _kind(s.uav_type)
     vn: float | None = None
@@ -298,6 +310,7 @@ def start(s: Sighting, track_id: str, *, params: TrackParams = DEFAULT_PARAMS) -
         priority=s.priority,
         v_error_kmh=math.sqrt(vv),
         pv_cov=pv,
+        moving_votes=_vote(s),
     )
 
 
@@ -372,6 +385,7 @@ def join(track: TrackState, s: Sighting, *, params: TrackParams = DEFAULT_PARAMS
         priority=min(track.priority, s.priority, key=lambda p: _URGENCY.get(p, 1)),
         v_error_kmh=math.sqrt(c),
         pv_cov=b,
+        moving_votes=track.moving_votes + _vote(s),
     )
 
 
@@ -395,6 +409,7 @@ HEADING_PENALTY = 3.0
 SLOW_PENALTY = 2.0
 KNOWN_V_SIGMA_KMH = 40.0  # a track's velocity this sure is taken as known when judging what a caller says
 SLOW_IMPLIED_MAX_KMH = 150.0
+TRANSIT_MIN_KMH = 100.0  # the least a fixed wing in transit flies
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +444,8 @@ def _judge(s: Sighting, tr: TrackState, params: TrackParams) -> tuple[str, float
     flat = math.hypot(dn, de)
     if (flat > limit * 0.99 or abs(s.lat) > 70.0) and distance_km(tr.lat, tr.lon, s.lat, s.lon) > limit:
         return "speed", flat, limit, math.inf
-    kind = _kind(_specific(tr.uav_type, stype))
+    utype = _specific(tr.uav_type, stype)
+    kind = _kind(utype)
     # The type's own top speed, from the latest position: a multirotor track cannot explain a report 15 km off
     # five minutes later.
     if kind.max_speed_kmh < params.max_speed_kmh:
@@ -441,6 +457,16 @@ def _judge(s: Sighting, tr: TrackState, params: TrackParams) -> tuple[str, float
     ve = tr.v_east_kmh or 0.0
     speed = math.hypot(vn, ve)
     fast_known = tr.v_error_kmh <= KNOWN_V_SIGMA_KMH and speed >= 80.0
+    # A track that callers say is going somewhere, of a type that cannot stop, is not found minutes later where it
+    # was: a report there is a drone following it (the corridor's second Shahed) while the track does not yet
+    # know its own velocity. A loitering fixed wing is "circling" and is spared.
+    if (
+        tr.v_error_kmh > KNOWN_V_SIGMA_KMH
+        and tr.moving_votes + _vote(s) > 0
+        and utype in _NEVER_SLOW
+        and flat < TRANSIT_MIN_KMH * adt / S_PER_H - err2
+    ):
+        return "not moving", flat, TRANSIT_MIN_KMH * adt / S_PER_H - err2, math.inf
     # The caller sees a slow or hovering object: it cannot be one that had to cover the distance from the track's
     # last fix at more than SLOW_IMPLIED_MAX_KMH (against a track that seems fast, "slow" is more likely the
     # caller's mistake: penalised below, not refused).
