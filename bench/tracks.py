@@ -639,8 +639,8 @@ LEGEND = """\
 alarm/obj: tracks started per object ("!": some object started none or several). causes, report by report: a
 report that started a second track of its object, by the gate of the object's track that refused it (speed: the
 contract's gate (b) from the last fix; prediction: the gate on the predicted position; type, status, slow,
-hovering, type speed: what the caller said against the track) or "closed" (its track had closed by the time the
-report arrived); "merge": a report that joined a track another object started."""
+hovering, not moving, type speed: what callers said against the track) or "closed" (its track had closed by the
+time the report arrived); "merge": a report that joined a track another object started."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
