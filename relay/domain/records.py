@@ -67,7 +67,7 @@ class AlertRecord:
 @dataclass(frozen=True, slots=True)
 class TrackContext:
     estimate: TrackState
-    alert_ids: tuple[str, ...]  # the latest ones (a console's payload names at most a hundred)
+    alert_ids: tuple[str, ...]  # the latest ones (a console's payload names at most twenty)
     acknowledged: bool = False
     update_for: frozenset[str] = frozenset()  # desks that already had an alert of this track
     other_codes: tuple[str, ...] = ()  # the track's other open short codes (for a backup round)

@@ -350,7 +350,7 @@ class Engine:
         if self._closed(dst, now):
             raise TrackRefused(409, f"track {into} is closed")
         alerts = sorted((*dst.alerts, *src.alerts), key=lambda a: a.alert_id)
-        estimate = tracks.rebuild(into, [a.sighting for a in alerts])
+        estimate = tracks.rebuild(into, [a.sighting for a in alerts], params=self._book.params)
         await self._store.merge_tracks(track_id, into, estimate, desk_id, normalise(by)[:MAX_BY], now)
         merged = await self._store.get_track(into)
         assert merged is not None
@@ -371,8 +371,8 @@ class Engine:
             raise TrackRefused(409, f"alert {alert_id} is alone in its track already")
         now = self._clock.now()
         rest = [a.sighting for a in track.alerts if a.alert_id != alert_id]
-        old = tracks.rebuild(track.track_id, rest)
-        new = tracks.start(Sighting.of(alert.report), new_id(now))
+        old = tracks.rebuild(track.track_id, rest, params=self._book.params)
+        new = tracks.start(Sighting.of(alert.report), new_id(now), params=self._book.params)
         await self._store.split_alert(alert_id, old, new, desk_id, normalise(by)[:MAX_BY], now)
         split_off = await self._store.get_track(new.track_id)
         self._book.replace(await self._store.get_track(track.track_id))
@@ -553,7 +553,7 @@ class Engine:
         chained = [o for o in found.open if o.priority != Priority.FLASH and o.created_at > until]
         others = tuple(o.short_code for o in chained if o.alert_id != alert.alert_id)
         context = self._book.context(alert.track_id, alert.alert_id) or TrackContext(
-            tracks.start(Sighting.of(alert.report), alert.track_id), (alert.alert_id,))
+            tracks.start(Sighting.of(alert.report), alert.track_id, params=self._book.params), (alert.alert_id,))
         alert = replace(alert, track=replace(context, other_codes=others))
         if alert.priority == Priority.FLASH:
             return None, alert
