@@ -229,3 +229,22 @@ async def test_a_restart_keeps_every_track_and_its_escalation(
         status, _ = await api(relay, "POST", f"/api/v1/tracks/{track_id}/ack", body={"by": "Иванов"})
         assert status == 200
         assert (await relay.alert(later["alert_id"]))["state"] == "acknowledged"
+
+
+async def test_a_merge_into_a_closed_track_is_409(
+    broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path
+) -> None:
+    cfg = config(broker, smtp, twilio, tmp_path / "data")
+    cfg["tracks"] = {"enabled": True, "join_window_s": 60}
+    async with running_relay(cfg) as relay:
+        # seen two minutes ago: once acknowledged, nothing more can join it, and it is closed
+        status, old = await relay.post_report(call("old", ago_s=120, km_east=-20))
+        assert status == 201
+        status, new = await relay.post_report(call("new", ago_s=5, km_east=-20, km_north=30))
+        assert status == 201
+        status, acked = await api(relay, "POST", f"/api/v1/tracks/{old['alert_id']}/ack", body={"by": "Иванов"})
+        assert status == 200 and acked["state"] == "closed"
+        status, err = await api(relay, "POST", f"/api/v1/tracks/{new['alert_id']}/merge",
+                                body={"into": old["alert_id"]})
+        assert status == 409 and "closed" in err["detail"], err
+        assert (await relay.alert(new["alert_id"]))["track_id"] == new["alert_id"]
