@@ -169,3 +169,26 @@ async def test_when_the_lead_is_given_up_the_tracks_next_open_alert_carries_the_
     assert before == [10.0 + 60 * n for n in range(15)]  # one chain: the later alert adds no rounds of its own
     assert after and max(b - a for a, b in zip([before[-1], *after], after, strict=False)) <= 60.0
     assert len(after) >= 4  # the later alert went on being escalated until its own give-up
+
+
+async def test_a_later_report_alarms_every_desk_that_has_not_acknowledged_the_track(tmp_path: Path) -> None:
+    # airfield-1 takes every report; airfield-2 the sightings within 50 km of it: this drone goes to both
+    desks = [desk(area=AIRFIELD), desk("airfield-2", sms=["+79002220001"], email=[],
+                                       area={"lat": 52.60, "lon": 39.60, "radius_km": 50})]
+    with store_file(tmp_path) as path:
+        async with EngineHarness(path, tracks=TrackParams(), desks=desks) as h:
+            ids = await seven_calls(h)
+            assert (await h.alert(ids[0])).desks == ("airfield-1", "airfield-2")
+            await h.engine.ack_track(ids[0], "airfield-1", "Петров", "test")
+            assert {(await h.alert(i)).state for i in ids} == {AlertState.ACKNOWLEDGED}  # v1: one ack closes an alert
+
+            later = await h.accept(sighting(h, 7, km_west=8))
+            assert (await h.alert(later)).state is AlertState.PENDING  # airfield-2 has not acknowledged this drone
+            await h.engine.ack_track(ids[0], "airfield-2", "Сидоров", "test")
+            assert (await h.alert(later)).state is AlertState.ACKNOWLEDGED
+
+            last = await h.accept(sighting(h, 8, km_west=6))
+            acked = await h.alert(last)
+            assert acked.state is AlertState.ACKNOWLEDGED and acked.ack is not None and acked.ack.via_track
+            track = await h.store.get_track(ids[0])
+            assert track is not None and [a.desk_id for a in track.acks] == ["airfield-1", "airfield-2"]

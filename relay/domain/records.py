@@ -112,7 +112,7 @@ class TrackRecord:
     estimate: TrackState
     opened_at: float  # its first alert's acceptance: the track's backups count from it
     updated_at: float
-    ack: AckRecord | None = None  # the ack that covers every alert of the track, later ones too
+    acks: tuple[AckRecord, ...] = ()  # each desk's first ack of the track: it covers that desk's later alerts too
     merged_into: str | None = None  # a dispatcher merged it into that track; it holds no alerts now
     alerts: tuple[TrackAlert, ...] = ()  # oldest first
 

@@ -176,12 +176,15 @@ def track_acks(ack: AckRecord, alerts: Sequence[AlertRecord]) -> list[AlertRecor
     return closed
 
 
-def covered_by_track(alert: AlertRecord, track_ack: AckRecord | None) -> AlertRecord:
-    """A new alert of a track a desk has acknowledged counts as acknowledged for it at once (it still reaches the
-    console, as an update, and starts no backups); a `flash` report always alarms on its own."""
-    if track_ack is None or alert.priority == Priority.FLASH or track_ack.desk_id not in alert.desks:
+def covered_by_track(alert: AlertRecord, track_acks: Collection[AckRecord]) -> AlertRecord:
+    """A new alert of a track that every desk it goes to has acknowledged counts as acknowledged at once (it still
+    reaches the consoles, as an update, and starts no backups). A desk that has not acknowledged the track gets it
+    as an alarm, with its backups; a `flash` report always alarms on its own."""
+    by_desk = {a.desk_id: a for a in track_acks}
+    if alert.priority == Priority.FLASH or not alert.desks or any(d not in by_desk for d in alert.desks):
         return alert
-    own = replace(track_ack, alert_id=alert.alert_id, at=alert.created_at, latency_s=0.0, via_track=True)
+    own = replace(by_desk[alert.desks[0]], alert_id=alert.alert_id, at=alert.created_at, latency_s=0.0,
+                  via_track=True)
     return replace(alert, state=AlertState.ACKNOWLEDGED, ack=own, next_action_at=None)
 
 

@@ -155,7 +155,7 @@ class Engine:
             "track_id": placed.track_id,
             "track": placed.context(),
         }
-        alert = transitions.covered_by_track(AlertRecord(**fields), placed.ack)
+        alert = transitions.covered_by_track(AlertRecord(**fields), placed.acks)
         if alert.ack is None:
             chain = TrackChain(lead=placed.new or report.priority == Priority.FLASH, opened_at=placed.opened_at)
             first = escalation.plan(alert, self._policy, now, primary_up=self._primary.health.is_up, track=chain)
@@ -385,7 +385,7 @@ class Engine:
 
     def _closed(self, track: TrackRecord, now: float) -> bool:
         window = self._book.params.join_window_s
-        return track_state([a.state for a in track.alerts], track.ack is not None, track.estimate.last_seen, now,
+        return track_state([a.state for a in track.alerts], bool(track.acks), track.estimate.last_seen, now,
                            window) == "closed"
 
     async def _tell_operators(self, alert_ids: Sequence[str], now: float) -> None:

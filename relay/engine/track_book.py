@@ -28,7 +28,7 @@ class _Track:
     opened_at: float
     sightings: dict[str, Sighting] = field(default_factory=dict)  # by alert_id, in the order they joined
     desks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # each alert's desks, by alert_id
-    ack: AckRecord | None = None
+    acks: dict[str, AckRecord] = field(default_factory=dict)  # each desk's first ack of the track
     seen_by: set[str] = field(default_factory=set)  # every desk any of its alerts went to
 
     def desks_before(self, alert_id: str) -> frozenset[str]:
@@ -48,12 +48,12 @@ class Placement:
     new: bool
     reports: int
     update_for: frozenset[str]  # desks that already had an alert of this track
-    ack: AckRecord | None  # the ack covering the track, if a desk gave one
+    acks: tuple[AckRecord, ...]  # the desks' acks of the track so far
 
     alert_ids: tuple[str, ...] = ()
 
     def context(self) -> TrackContext:
-        return TrackContext(self.estimate, self.alert_ids, self.ack is not None, self.update_for, reports=self.reports)
+        return TrackContext(self.estimate, self.alert_ids, bool(self.acks), self.update_for, reports=self.reports)
 
 
 class TrackBook:
@@ -72,7 +72,7 @@ class TrackBook:
 
     def load(self, records: Iterable[TrackRecord]) -> None:
         for r in records:
-            t = _Track(r.estimate, r.opened_at, ack=r.ack)
+            t = _Track(r.estimate, r.opened_at, acks={a.desk_id: a for a in r.acks})
             for a in r.alerts:
                 t.sightings[a.alert_id] = a.sighting
                 t.desks[a.alert_id] = a.desks
@@ -100,14 +100,14 @@ class TrackBook:
         track.desks[alert_id] = desks
         track.seen_by.update(desks)
         return Placement(track.estimate.track_id, track.estimate, track.opened_at, joined is None,
-                         len(track.sightings), before, track.ack, _latest(track.sightings))
+                         len(track.sightings), before, tuple(track.acks.values()), _latest(track.sightings))
 
     def context(self, track_id: str, alert_id: str) -> TrackContext | None:
         """What a console's payload says of the track, for an alert sent again (a retry, the primary back)."""
         track = self._tracks.get(track_id)
         if track is None:
             return None
-        return TrackContext(track.estimate, _latest(track.sightings), track.ack is not None,
+        return TrackContext(track.estimate, _latest(track.sightings), bool(track.acks),
                             track.desks_before(alert_id), reports=len(track.sightings))
 
     def undo(self, alert_id: str, track_id: str) -> None:
@@ -124,8 +124,8 @@ class TrackBook:
 
     def acknowledged(self, track_id: str, ack: AckRecord) -> None:
         track = self._tracks.get(track_id)
-        if track is not None and track.ack is None:
-            track.ack = ack
+        if track is not None:
+            track.acks.setdefault(ack.desk_id, ack)
 
     def replace(self, record: TrackRecord | None, *, gone: str | None = None) -> None:
         """After a dispatcher's merge or split: the track as stored now (`gone`: a track merged away)."""

@@ -77,7 +77,7 @@ _DELIVERY_COLS = (
     "attempted_at"
 )
 _ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s, source, via_track"
-_TRACK_COLS = "track_id, estimate_json, opened_at, updated_at, ack_json, merged_into"
+_TRACK_COLS = "track_id, estimate_json, opened_at, updated_at, acks_json, merged_into"
 # The API's heavy reads run in this many threads, each on its own read-only connection (see `_read_off`).
 READ_THREADS = 1
 # Building records holds the GIL, which the loop needs back at once whenever it wakes: a reader thread rests after
@@ -763,10 +763,12 @@ def _op_ack_track(conn: sqlite3.Connection, track_id: str, ack: AckRecord) -> li
         _insert_ack(conn, closed.ack, first=True)
         before = next(a for a in alerts if a.alert_id == closed.alert_id)
         results.append(_close_acked(conn, before, closed))
-    track_ack = replace(ack, alert_id="", via_track=True)
+    # the desk's first ack of the track is kept for its later alerts (json_set's "$." path: the key is quoted)
     conn.execute(
-        "UPDATE tracks SET ack_json = coalesce(ack_json, ?), updated_at = max(updated_at, ?) WHERE track_id = ?",
-        (json.dumps(_ack_json(track_ack), ensure_ascii=False), ack.at, track_id),
+        "UPDATE tracks SET acks_json = CASE WHEN json_type(acks_json, ?) IS NULL THEN json_set(acks_json, ?, json(?)) "
+        "ELSE acks_json END, updated_at = max(updated_at, ?) WHERE track_id = ?",
+        (_desk_path(ack.desk_id), _desk_path(ack.desk_id), json.dumps(_ack_json(ack), ensure_ascii=False), ack.at,
+         track_id),
     )
     return results
 
@@ -926,11 +928,15 @@ def _ack_json(ack: AckRecord) -> dict[str, Any]:
     return {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "at": ack.at, "source": ack.source}
 
 
-def _ack_from_json(text: str | None) -> AckRecord | None:
-    if not text:
-        return None
-    d = json.loads(text)
-    return AckRecord("", d["desk_id"], d["channel"], d["by"], d["at"], 0.0, d.get("source", ""), via_track=True)
+def _desk_path(desk_id: str) -> str:
+    return "$." + json.dumps(desk_id)  # a desk id is 1-64 of A-Za-z0-9._- (config): quoted, a dot stays in the key
+
+
+def _acks_from_json(text: str | None) -> tuple[AckRecord, ...]:
+    return tuple(
+        AckRecord("", d["desk_id"], d["channel"], d["by"], d["at"], 0.0, d.get("source", ""), via_track=True)
+        for d in sorted(json.loads(text or "{}").values(), key=lambda d: d["at"])
+    )
 
 
 _OPEN_IN_TRACK_SQL = (
@@ -958,7 +964,7 @@ def _track(conn: sqlite3.Connection, row: Sequence[Any]) -> TrackRecord:
     else:  # an alert from before tracks were stored: its estimate is its report
         estimate = tracks.rebuild(row[0], [m.sighting for m in members]) if members else tracks.start(
             Sighting(observed_at=row[2], lat=0.0, lon=0.0), row[0])
-    return TrackRecord(row[0], estimate, row[2], row[3], _ack_from_json(row[4]), row[5], members)
+    return TrackRecord(row[0], estimate, row[2], row[3], _acks_from_json(row[4]), row[5], members)
 
 
 def _read_track(conn: sqlite3.Connection, track_id: str) -> TrackRecord | None:

@@ -138,7 +138,7 @@ MIGRATIONS: list[str] = [
         opened_at      REAL NOT NULL,
         last_seen      REAL NOT NULL,   -- the estimate's latest observed_at: which tracks a report may join
         updated_at     REAL NOT NULL,   -- latest activity: the order of GET /api/v1/tracks
-        ack_json       TEXT,            -- the ack that covers the track (and its later alerts)
+        acks_json      TEXT NOT NULL DEFAULT '{}',  -- each desk's first ack of it (covering its later alerts)
         merged_into    TEXT             -- a dispatcher merged it into that track
     ) WITHOUT ROWID;
     INSERT INTO tracks (track_id, estimate_json, opened_at, last_seen, updated_at)

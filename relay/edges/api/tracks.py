@@ -26,7 +26,7 @@ _B = TypeVar("_B", bound=BaseModel)
 
 def track_view(ctx: ApiContext, t: TrackRecord, now: float) -> TrackView:
     window = ctx.engine.tracks.params.join_window_s
-    state = track_state([a.state for a in t.alerts], t.ack is not None, t.estimate.last_seen, now, window)
+    state = track_state([a.state for a in t.alerts], bool(t.acks), t.estimate.last_seen, now, window)
     desks: list[str] = []
     for a in t.alerts:
         desks += [d for d in a.desks if d not in desks]
@@ -38,7 +38,7 @@ def track_view(ctx: ApiContext, t: TrackRecord, now: float) -> TrackView:
 
 
 def _acknowledged_by(t: TrackRecord, desk_id: str) -> bool:
-    if t.ack is not None and t.ack.desk_id == desk_id:
+    if any(a.desk_id == desk_id for a in t.acks):
         return True
     mine = [a for a in t.alerts if desk_id in a.desks]
     return bool(mine) and all(a.state is AlertState.ACKNOWLEDGED for a in mine)
