@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from relay.domain.contacts import Email, check_email, check_phone
+from relay.domain.gazetteer import Gazetteer
 from relay.domain.render import check_template
 
 # Ids become MQTT topic levels and URL parts: no '/', '+', '#', spaces.
@@ -229,6 +230,43 @@ class TracksSection(Section):
     position_error_km: float = Field(2.0, ge=0, le=100)
 
 
+class ConsolesSection(Section):
+    """The browser consoles (CONTRACT.md, "Dispatcher console (v2)")."""
+
+    # raster map tiles under the dispatcher's plot, e.g. an internal tile server https://tiles.local/{z}/{x}/{y}.png;
+    # empty: the plot alone, nothing fetched from elsewhere (an air-gapped network)
+    tile_url: str = ""
+    # CSV of places (name, district, lat, lon[, accuracy_m]) for the operator's place field; empty: none
+    gazetteer: str = ""
+
+    @field_validator("tile_url")
+    @classmethod
+    def _tiles(cls, v: str) -> str:
+        if not v:
+            return v
+        if not re.match(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/", v) or any(c in v for c in "\"'<> "):
+            raise ValueError("an http(s) URL of a tile server, e.g. https://tiles.local/{z}/{x}/{y}.png")
+        missing = [p for p in ("{z}", "{x}", "{y}") if p not in v]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)} (e.g. https://tiles.local/{{z}}/{{x}}/{{y}}.png)")
+        return v
+
+    @field_validator("gazetteer")
+    @classmethod
+    def _places(cls, v: str) -> str:
+        if v:
+            Gazetteer.load(v)  # a file that cannot be used is a config error now, naming the line
+        return v
+
+    def places(self) -> Gazetteer:
+        return Gazetteer.load(self.gazetteer) if self.gazetteer else Gazetteer(())
+
+    @property
+    def tile_origin(self) -> str:
+        m = re.match(r"^https?://[^/]+", self.tile_url)
+        return m.group(0) if m else ""
+
+
 class HasToken(Section):
     id: str = Field(pattern=ID_PATTERN)
     token: SecretStr | None = None
@@ -271,6 +309,9 @@ class Area(Section):
 
 class DeskConfig(HasToken):
     name: str = Field("", max_length=200)
+    # (extension) the duty officer's phone for people to call (the operator's console shows it when a report is not
+    # acknowledged); empty: the desk's first SMS number
+    phone: str = ""
     sms: list[str] = Field(default_factory=list)
     email: list[str] = Field(default_factory=list)
     area: Area | None = None
@@ -289,6 +330,15 @@ class DeskConfig(HasToken):
             check_email(address)
         return v
 
+    @field_validator("phone")
+    @classmethod
+    def _call(cls, v: str) -> str:
+        return v and check_phone(v)
+
+    @property
+    def call_number(self) -> str:
+        return self.phone or (self.sms[0] if self.sms else "")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -303,6 +353,7 @@ class Settings(BaseSettings):
     email: EmailSection = EmailSection()
     escalation: EscalationSection = EscalationSection()
     tracks: TracksSection = TracksSection()
+    consoles: ConsolesSection = ConsolesSection()
     templates: TemplatesSection = TemplatesSection()
     canary: CanarySection = CanarySection()
     operators: list[OperatorConfig] = Field(default_factory=list)

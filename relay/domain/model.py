@@ -320,6 +320,12 @@ class TrackPosition(BaseModel):
     lon: float
 
 
+class TrailPoint(BaseModel):
+    lat: float
+    lon: float
+    at: datetime  # the report's observed_at
+
+
 class TrackDeskView(BaseModel):
     desk_id: str
     acknowledged: bool
@@ -345,6 +351,8 @@ class TrackView(BaseModel):
     status: str
     priority: str
     desks: list[TrackDeskView]
+    # (extension) where its latest reports placed it, oldest first: the dispatcher's plot draws it as a fading trail
+    trail: list[TrailPoint] = []
 
 
 class MergeRequest(_Strict):

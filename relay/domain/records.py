@@ -164,6 +164,7 @@ class AckResult:
 class ReceiptResult:
     alert: AlertRecord
     newly_delivered: bool  # this receipt moved the alert from pending to delivered
+    newly_shown: bool = True  # (web console) the first time this desk's page said it shows the alert
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,12 @@ class Desk:
     sms: tuple[str, ...] = ()
     email: tuple[str, ...] = ()
     area: Area | None = None
+    phone: str = ""  # for people to call (the operator's console shows it when nobody acknowledges)
 
     @classmethod
     def from_config(cls, cfg: DeskConfig) -> Desk:
         area = Area(cfg.area.lat, cfg.area.lon, cfg.area.radius_km) if cfg.area else None
-        return cls(cfg.id, cfg.name, tuple(cfg.sms), tuple(cfg.email), area)
+        return cls(cfg.id, cfg.name, tuple(cfg.sms), tuple(cfg.email), area, cfg.call_number)
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -97,6 +97,12 @@ def receipt(d: DeliveryRecord, at: float) -> DeliveryRecord | None:
     return replace(d, sent_at=d.sent_at or at, delivered_at=at, error=None)
 
 
+def shown_on_web(delivery_id: str, alert_id: str, desk_id: str, at: float) -> DeliveryRecord:
+    """A desk's browser console shows the alert: a delivery that starts out delivered (the page fetched it)."""
+    return DeliveryRecord(delivery_id, alert_id, desk_id, "web", "browser", _D.DELIVERED, attempts=1, sent_at=at,
+                          delivered_at=at)
+
+
 def undelivered(d: DeliveryRecord, error: str | None) -> DeliveryRecord | None:
     """A provider says it never arrived; a late 'failed' after 'delivered' changes nothing."""
     return _to(d, _D.FAILED, error=error) if delivery_may(d.state, _D.FAILED) else None

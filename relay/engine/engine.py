@@ -242,6 +242,18 @@ class Engine:
         if result.newly_delivered:
             self._bus.publish(StateEvent.of(result.alert, now))
 
+    async def shown(self, alert_id: str, desk_id: str) -> None:
+        """A desk's browser console shows the alert: a `web` delivery, delivered, for that desk."""
+        now = self._clock.now()
+        result = await self._store.mark_shown(alert_id, desk_id, now)
+        if result is None or not result.newly_shown:
+            return
+        self._metrics.deliveries.labels("web", "delivered").inc()
+        log.info("shown on the web console", extra={"event": "delivery_delivered", "alert_id": alert_id,
+                                                    "desk_id": desk_id, "channel": "web"})
+        if result.newly_delivered:
+            self._bus.publish(StateEvent.of(result.alert, now))
+
     async def delivery_report(
         self, delivery_id: str, channel: str, *, delivered: bool, error: str | None = None
     ) -> None:
@@ -331,6 +343,10 @@ class Engine:
 
     def desk(self, desk_id: str) -> Desk | None:
         return self._desk_by_id.get(desk_id)
+
+    @property
+    def desks(self) -> Sequence[Desk]:
+        return self._desks
 
     async def merge_tracks(self, track_id: str, into: str, desk_id: str, by: str) -> TrackRecord:
         """The alerts of `track_id` move into `into` (one object after all); the history of each says who did it."""

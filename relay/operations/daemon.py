@@ -215,6 +215,8 @@ class Relay:
                 # The wiring names the providers: /webhooks/twilio/... goes to the SMS channel's receiver.
                 receivers={"twilio": TwilioReceiver(s.sms.auth_token.get_secret_value())} if sms else {},
                 replies=SmsReplies(engine, store, desks, self.clock, self.metrics),
+                consoles=s.consoles,
+                places=s.consoles.places(),
             ),
             h.host,
             h.port,

@@ -67,6 +67,11 @@ class Store(Protocol):
         """A receipt: that desk's deliveries on that channel are delivered. None: no such delivery."""
         ...
 
+    async def mark_shown(self, alert_id: str, desk_id: str, at: float) -> ReceiptResult | None:
+        """A desk's web console shows the alert: its `web` delivery for that desk, created delivered the first
+        time (later calls change nothing); the alert delivered if it was pending. None: no such alert."""
+        ...
+
     async def record_ack(self, ack: AckRecord) -> AckResult | None:
         """First ack closes the alert and cancels queued sends; later ones are kept as duplicates. The first one
         also acknowledges the rest of the alert's track, as `ack_track` does, in the same commit."""

@@ -67,6 +67,7 @@ class _Write:
     durable: bool = True
 
 MAX_BATCH = 2000
+WEB_CHANNEL = "web"  # a desk's browser console: not a channel the relay sends on, one that says what it shows
 _OPEN_SQL = "('pending', 'delivered')"
 _ALERT_COLS = (
     "alert_id, report_id, operator_id, short_code, state, priority, stale, created_at, report_json, "
@@ -432,6 +433,10 @@ class SQLiteStore:
             durable=False,
         )
 
+    async def mark_shown(self, alert_id: str, desk_id: str, at: float) -> ReceiptResult | None:
+        return await self._write(functools.partial(_op_mark_shown, alert_id=alert_id, desk_id=desk_id, at=at),
+                                 durable=False)
+
     async def record_ack(self, ack: AckRecord) -> AckResult | None:
         return await self._write(functools.partial(_op_record_ack, ack=ack))
 
@@ -709,6 +714,22 @@ def _op_mark_delivered(
         return ReceiptResult(alert, newly_delivered=False)
     _save_alert_state(conn, now_delivered, closed_at=None)
     _insert_event(conn, EventRecord(alert_id, at, "delivered", {"desk_id": desk_id, "channel": channel}))
+    return ReceiptResult(now_delivered, newly_delivered=True)
+
+
+def _op_mark_shown(conn: sqlite3.Connection, alert_id: str, desk_id: str, at: float) -> ReceiptResult | None:
+    alert = _read_alert(conn, alert_id, full=False)
+    if alert is None:
+        return None
+    delivery_id = f"{alert_id}.{desk_id}.{WEB_CHANNEL}"
+    if conn.execute("SELECT 1 FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone() is not None:
+        return ReceiptResult(alert, newly_delivered=False, newly_shown=False)
+    _op_add_deliveries(conn, [transitions.shown_on_web(delivery_id, alert_id, desk_id, at)], at)
+    now_delivered = transitions.delivered(alert)
+    if now_delivered is None:
+        return ReceiptResult(alert, newly_delivered=False)
+    _save_alert_state(conn, now_delivered, closed_at=None)
+    _insert_event(conn, EventRecord(alert_id, at, "delivered", {"desk_id": desk_id, "channel": WEB_CHANNEL}))
     return ReceiptResult(now_delivered, newly_delivered=True)
 
 

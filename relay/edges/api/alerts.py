@@ -106,6 +106,22 @@ async def ack_alert(request: web.Request) -> web.Response:
     return _json(_shown(after, principal))
 
 
+async def received(request: web.Request) -> web.Response:
+    """The desk's browser console has put the alert on screen (CONTRACT.md, "The web console confirms what it
+    shows"): delivered over `web` for that desk; a second call changes nothing."""
+    ctx = request.app[CONTEXT]
+    principal = authenticate(request, ctx, Role.DESK)
+    alert = await ctx.store.get_alert(request.match_info["alert_id"])
+    if alert is None:
+        raise ApiError(404, "not_found", "no such alert")
+    if principal.id not in alert.desks:
+        raise ApiError(403, "forbidden", f"alert {alert.alert_id} was not sent to desk {principal.id}")
+    await ctx.engine.shown(alert.alert_id, principal.id)
+    after = await ctx.store.get_alert(alert.alert_id)
+    assert after is not None
+    return _json(_shown(after, principal))
+
+
 async def alert_history(request: web.Request) -> web.Response:
     """Everything that happened to one alert, oldest first: accepted, delivered, acks (also duplicate ones)."""
     ctx = request.app[CONTEXT]

@@ -23,36 +23,40 @@ from relay.domain.model import Report
 from relay.edges.api.access import authenticate
 from relay.edges.api.context import CONTEXT
 from relay.edges.api.errors import ApiError
+from relay.edges.auth import Role
 
 DEFAULT_LANG = "ru"
 _LANG = re.compile(r"^[a-z]{2}$")
 _SLOT = re.compile(r"\{\{\s*([a-z_.:]+)\s*\}\}")
 
 PAGES = {"dispatcher": "dispatcher.html", "operator": "operator.html"}
-STATIC = {
-    "common.js": "text/javascript",
-    "dispatcher.js": "text/javascript",
-    "operator.js": "text/javascript",
-    "console.css": "text/css",
-    "icon.svg": "image/svg+xml",
-}
+# Every file of these kinds in relay/consoles/ is served as it is (the pages' modules, styles, icons, sounds).
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
+_STATIC_NAME = re.compile(r"^[a-z0-9_-]{1,64}\.(js|css|svg|png)$")
 
 # No inline script or style and no other origin: a hostile string in a report (an address, the notes) cannot run
 # or phone home, and the pages work offline. Trusted Types with no policy makes any HTML-string sink throw, so the
 # scripts can only build the DOM from text nodes. form-action 'none': if the scripts failed to load, the login form
 # must not fall back to a native GET that would put the token in the URL.
-CSP = "; ".join([
-    "default-src 'none'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "connect-src 'self'",
-    "img-src 'self'",
-    "form-action 'none'",
-    "frame-ancestors 'none'",
-    "base-uri 'none'",
-    "require-trusted-types-for 'script'",
-    "trusted-types 'none'",
-])
+def csp(tile_origin: str = "") -> str:
+    """The pages' policy; `tile_origin`: the one other origin images may come from, the map tiles' server
+    (`consoles.tile_url`), when a site has one."""
+    return "; ".join([
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        f"img-src 'self'{' ' + tile_origin if tile_origin else ''}",
+        "media-src 'self'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "require-trusted-types-for 'script'",
+        "trusted-types 'none'",
+    ])
+
+
+CSP = csp()
 PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -69,13 +73,22 @@ def languages() -> frozenset[str]:
     return frozenset(
         f.name.removeprefix("strings_").removesuffix(".json")
         for f in _files().iterdir()
-        if f.name.startswith("strings_") and f.name.endswith(".json")
+        if f.name.startswith("strings_") and f.name.endswith(".json") and "." not in f.name[8:-5]
     )
 
 
 @cache
 def strings(lang: str) -> dict[str, Any]:
+    """`strings_{lang}.json`, with each page's own sections from `strings_{lang}.{part}.json` beside it (a part may
+    add sections, never replace one)."""
     loaded: dict[str, Any] = json.loads((_files() / f"strings_{lang}.json").read_text("utf-8"))
+    for f in sorted(_files().iterdir(), key=lambda f: f.name):
+        if f.name.startswith(f"strings_{lang}.") and f.name.endswith(".json") and f.name != f"strings_{lang}.json":
+            part: dict[str, Any] = json.loads(f.read_text("utf-8"))
+            clash = sorted(set(part) & set(loaded))
+            if clash:
+                raise KeyError(f"{f.name} would replace the sections {clash}")
+            loaded.update(part)
     return loaded
 
 
@@ -140,8 +153,9 @@ def _lang(request: web.Request) -> str:
 
 
 def _page_response(name: str, request: web.Request) -> web.Response:
-    return web.Response(text=page(name, _lang(request)), content_type="text/html", charset="utf-8",
-                        headers=PAGE_HEADERS)
+    origin = request.app[CONTEXT].consoles.tile_origin
+    headers = PAGE_HEADERS if not origin else {**PAGE_HEADERS, "Content-Security-Policy": csp(origin)}
+    return web.Response(text=page(name, _lang(request)), content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def dispatcher(request: web.Request) -> web.Response:
@@ -158,15 +172,30 @@ async def index(request: web.Request) -> web.Response:
 
 async def static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if name not in STATIC:
+    if not _STATIC_NAME.match(name) or not (_files() / name).is_file():
         raise ApiError(404, "not_found", "no such console file")
-    return web.Response(body=_static(name), content_type=STATIC[name], charset="utf-8",
+    kind = STATIC_TYPES[name[name.rindex("."):]]
+    return web.Response(body=_static(name), content_type=kind, charset=None if kind == "image/png" else "utf-8",
                         headers={"Cross-Origin-Resource-Policy": "same-origin"})
 
 
 async def session(request: web.Request) -> web.Response:
     """Whose token this is: the pages check at login that a desk's token opens the dispatcher's console and an
     operator's the operator's, and show the id."""
-    principal = authenticate(request, request.app[CONTEXT])
-    return web.json_response({"role": principal.role.value, "id": principal.id})
+    ctx = request.app[CONTEXT]
+    principal = authenticate(request, ctx)
+    body: dict[str, Any] = {"role": principal.role.value, "id": principal.id}
+    if principal.role is Role.DESK:
+        desk = ctx.engine.desk(principal.id)
+        area = desk.area if desk is not None else None
+        body["name"] = desk.name if desk is not None else principal.id
+        # the dispatcher's plot is centred on the airfield; without an area it has no centre to draw around
+        body["area"] = None if area is None else {"lat": area.lat, "lon": area.lon, "radius_km": area.radius_km}
+        body["tile_url"] = ctx.consoles.tile_url or None
+        body["join_window_s"] = ctx.engine.tracks.params.join_window_s
+    elif principal.role is Role.OPERATOR:
+        # whom an operator calls when nobody acknowledges, and what the desks are called
+        body["desks"] = [{"id": d.id, "name": d.name or d.id, "phone": d.phone or None} for d in ctx.engine.desks]
+        body["gazetteer"] = len(ctx.places) > 0
+    return web.json_response(body)
 

@@ -10,6 +10,8 @@ from aiohttp import web
 
 from channels.base import ChannelHealth, Receiver, ReplySink
 from relay.domain.clock import Clock
+from relay.domain.config import ConsolesSection
+from relay.domain.gazetteer import Gazetteer
 from relay.domain.render import Renderer
 from relay.edges.auth import Authenticator
 from relay.edges.ratelimit import RateLimiter
@@ -37,6 +39,8 @@ class ApiContext:
     ack_links: AckLinkSigner
     receivers: Mapping[str, Receiver] = field(default_factory=dict)  # by provider, as in /webhooks/{provider}/...
     replies: ReplySink | None = None
+    consoles: ConsolesSection = field(default_factory=ConsolesSection)
+    places: Gazetteer = field(default_factory=lambda: Gazetteer(()))
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 
 

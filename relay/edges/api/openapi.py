@@ -100,6 +100,22 @@ def build_openapi(public_url: str) -> dict[str, Any]:
                     **_errors(401, 403, 404, 422),
                 },
             }},
+            "/api/v1/alerts/{alert_id}/received": {"post": {
+                "summary": "The desk's browser console shows the alert (desk): a `web` delivery, delivered; a second "
+                           "call changes nothing", "security": secured, "parameters": [alert_id],
+                "responses": {"200": _json(_ref("AlertView"), "the alert"), **_errors(401, 403, 404)},
+            }},
+            "/api/v1/places": {"get": {
+                "summary": "Places of the gazetteer (consoles.gazetteer) whose names start with, or hold, q",
+                "security": secured,
+                "parameters": [
+                    {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": 100}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 10}},
+                ],
+                "responses": {"200": {"description": "{places: [{name, district, lat, lon, accuracy_m}]}"},
+                              **_errors(401, 422)},
+            }},
             "/api/v1/alerts/{alert_id}/history": {"get": {
                 "summary": "What happened to one alert, oldest first (accepted, delivered, acks, duplicates)",
                 "security": secured, "parameters": [alert_id],

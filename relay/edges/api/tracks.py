@@ -7,6 +7,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.domain.clock import to_datetime
 from relay.domain.model import AckRequest, MergeRequest, SplitRequest, TrackView
 from relay.domain.records import TrackRecord
 from relay.domain.states import AlertState
@@ -20,6 +21,7 @@ from relay.engine.engine import TrackRefused
 from relay.engine.intake import field_problems
 
 STATES = ("open", "acknowledged", "closed", "all")
+TRAIL = 20  # reports' positions shown as the track's trail
 
 _B = TypeVar("_B", bound=BaseModel)
 
@@ -33,8 +35,10 @@ def track_view(ctx: ApiContext, t: TrackRecord, now: float) -> TrackView:
     shown = [
         desk_json(ctx.engine.desk(d), d, t.estimate, _acknowledged_by(t, d), now) for d in desks
     ]
+    latest = sorted(t.alerts, key=lambda a: a.sighting.observed_at)[-TRAIL:]
+    trail = [{"lat": a.sighting.lat, "lon": a.sighting.lon, "at": to_datetime(a.sighting.observed_at)} for a in latest]
     return TrackView.model_validate({**track_json(t.estimate, state, [a.alert_id for a in t.alerts]),
-                                     "desks": shown})
+                                     "desks": shown, "trail": trail})
 
 
 def _acknowledged_by(t: TrackRecord, desk_id: str) -> bool:
