@@ -28,6 +28,7 @@ from bench.cli import relay_version
 from bench.env import REPO
 from bench.soak_faults import Injected, Injector, draw
 from bench.soak_hostile import Crash, CrashWatch, Hostile, HostileResult, hostile_ok, render_crashes, render_hostile
+from bench.soak_raid import Raid
 from bench.soak_recovery import Recovery, recovery
 from bench.soak_world import AUTH, Backups, CpuSampler, Desk, World, send_times, stop_relay, world
 from bench.stats import summarize
@@ -49,6 +50,7 @@ class Options:
     open: int
     keep: bool
     hostile: bool = False
+    tracks: bool = False
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -60,12 +62,14 @@ def parse(argv: Sequence[str] | None) -> Options:
     p.add_argument("--quick", action="store_true", help="smoke run: 300 reports in 12 s, 1000 open (about 45 s)")
     p.add_argument("--keep", action="store_true", help="keep var/soak-<pid>/ (logs, stores) afterwards")
     p.add_argument("--hostile", action="store_true", help="mix hostile traffic into the load (bench/soak_hostile.py)")
+    p.add_argument("--tracks", action="store_true",
+                   help="tracks on, and the reports are callers' sightings of 40 drones crossing the region")
     a = p.parse_args(argv)
     if a.quick:
         a.reports, a.duration, a.open = 300, 12.0, min(a.open, 1000)
     if a.reports < 1 or a.duration <= 0 or a.open < 0:
         p.error("--reports and --duration must be positive, --open not negative")
-    return Options(a.reports, a.duration, a.seed, a.open, a.keep, a.hostile)
+    return Options(a.reports, a.duration, a.seed, a.open, a.keep, a.hostile, a.tracks)
 
 
 # ---- posting --------------------------------------------------------------------------------------------------
@@ -166,17 +170,29 @@ class Soak:
     relay_log: list[dict[str, Any]] = field(default_factory=list)
     accepted: list[Post] = field(init=False)
     shared_codes: set[str] = field(init=False)  # short codes two or more accepted alerts got
+    tracks_escalated: dict[str, set[str]] = field(init=False)  # by channel: tracks a code of which reached the fake
 
     def __post_init__(self) -> None:
         self.accepted = [p for p in self.posts if p.alert_id]
         counts = Counter(p.short_code for p in self.accepted)
         self.shared_codes = {c for c, k in counts.items() if k > 1}
+        self.tracks_escalated = {
+            channel: {self.track_of(p) for p in self.accepted if p.short_code not in self.shared_codes
+                      and p.short_code in codes}
+            for channel, codes in (("sms", self.sms_codes), ("email", self.mail_codes))
+        }
 
     def escalated(self, p: Post, channel: str) -> bool:
-        """Its code reached the fake (or, for a code two accepted alerts share, the relay says it was sent)."""
+        """Its code reached the fake (or, for a code two accepted alerts share, the relay says it was sent); with
+        tracks, also a code of its track (a round names a few of the track's codes: any one acks the drone)."""
         if p.short_code in self.shared_codes:
-            return sent_over(self.final.get(p.alert_id), channel)
-        return p.short_code in (self.sms_codes if channel == "sms" else self.mail_codes)
+            own = sent_over(self.final.get(p.alert_id), channel)
+        else:
+            own = p.short_code in (self.sms_codes if channel == "sms" else self.mail_codes)
+        return own or self.track_of(p) in self.tracks_escalated[channel]
+
+    def track_of(self, p: Post) -> str:
+        return str(self.final.get(p.alert_id, {}).get("track_id") or p.alert_id)
 
     def acknowledged(self, p: Post) -> bool:
         return self.final.get(p.alert_id, {}).get("state") == "acknowledged"
@@ -213,7 +229,7 @@ async def soak(root: Path, o: Options) -> Soak:
     rng = random.Random(o.seed)
     plan = draw(rng, o.duration)
     load_before = loadavg()
-    async with world(root, ack_timeout_s=2, repeat_s=5, give_up_s=60, retry_s=1) as w:
+    async with world(root, tracks=o.tracks, ack_timeout_s=2, repeat_s=5, give_up_s=60, retry_s=1) as w:
         console = Console(w.broker.port, "airfield-1")
         async with console:
             desk = Desk(console, random.Random(rng.random()))
@@ -227,7 +243,8 @@ async def soak(root: Path, o: Options) -> Soak:
             hostile = Hostile(w, o.seed, o.duration) if o.hostile else None
             attack = asyncio.create_task(hostile.run(start)) if hostile else None
             try:
-                posts = await post_steadily(w.url, o.reports, o.duration, start, hostile.body if hostile else report)
+                body = hostile.body if hostile else Raid(o.seed, start).body if o.tracks else report
+                posts = await post_steadily(w.url, o.reports, o.duration, start, body)
                 injected = await faults
                 accepted = [p for p in posts if p.alert_id]
                 backups = Backups(w.twilio, w.smtp)
@@ -285,7 +302,8 @@ def render_soak(s: Soak, o: Options) -> list[str]:
     ready = f"{inj.relay_ready_s:.2f} s" if inj.relay_ready_s is not None else "-"
     lines = [
         f"uav-relay soak — {datetime.now().astimezone().isoformat(timespec='seconds')}, seed {o.seed}, "
-        f"{o.reports} reports over {o.duration:g} s, up to {CONCURRENCY} in flight{', hostile' if o.hostile else ''}; "
+        f"{o.reports} reports over {o.duration:g} s, up to {CONCURRENCY} in flight{', hostile' if o.hostile else ''}"
+        f"{', tracks on (40 drones)' if o.tracks else ''}; "
         f"relay at {relay_version()}; "
         f"load average at the start {s.load_before}, at the end {loadavg()}",
         rule(),
@@ -297,6 +315,7 @@ def render_soak(s: Soak, o: Options) -> list[str]:
         value_row("delivered to the console", str(len(seen))),
         value_row("acknowledged (the relay's state at the end)", str(acked)),
         value_row("escalated by SMS / e-mail (code at the fakes)", f"{sms} / {mail}"),
+        *([value_row("tracks at the end", str(len({s.track_of(p) for p in accepted})))] if o.tracks else []),
         value_row("LOST: accepted, none of the above", str(len(lost)), "0", not lost),
         *render_crashes(s.crashes),
         value_row("duplicate console deliveries: alerts, max copies",

@@ -49,7 +49,8 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def world(root: Path, log_level: str = "warning", **escalation: float) -> AsyncIterator[World]:
+async def world(root: Path, log_level: str = "warning", *, tracks: bool = False,
+                **escalation: float) -> AsyncIterator[World]:
     """Broker, SMS and SMTP fakes and the relay (ready, connected to the broker), all in `root`."""
     if shutil.which("mosquitto") is None:
         raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
@@ -65,6 +66,8 @@ async def world(root: Path, log_level: str = "warning", **escalation: float) -> 
         cfg["relay"] = {**cfg["relay"], "log_level": log_level}
         cfg["http"] = {**cfg["http"], "rate_per_s": 100000, "rate_burst": 100000}
         cfg["sms"] = {**cfg["sms"], "bundle_window_s": 1}
+        if tracks:
+            cfg["tracks"] = {"enabled": True}
         relay = RelayProcess(cfg, root)
         relay.start()
         started_s = await relay.wait_ready(timeout=30)
