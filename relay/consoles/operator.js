@@ -1,9 +1,10 @@
 // The 112 operator's console: a form to flag a report fast, keyboard only, and below it what became of the
 // operator's recent reports (sent, delivered, acknowledged by whom and how fast, or not), live.
 import {
-  $, AlertTable, Offline, followRelay, S, api, clock, el, enumLabel, login, newestFirst, placeLines, serverNow,
-  shownState, stateDetail, t,
+  $, AlertTable, Offline, followRelay, S, api, channelName, clock, el, enumLabel, login, newestFirst, number,
+  placeLines, serverNow, shownState, stateDetail, t,
 } from './common.js';
+import {coordinate, coordinatePair, countRange, headingDegrees, phoneNumber} from './operator_input.js';
 
 const RECENT = 50;
 const POLL_MS = 2000; // "sent" has no state event of its own: alerts with a queued delivery are re-read
@@ -13,7 +14,9 @@ const table = new AlertTable();
 const form = $('report');
 const observed = $('f-observed_at');
 let session = null;
+let desks = new Map(); // desk id -> {name, phone}: what the session says of them (names, whom to call)
 let isOnline = () => false; // replaced by followRelay once logged in
+let chosenPlace = null; // the gazetteer entry whose coordinates are in the form (approximate)
 let busy = false;
 let observedTouched = false;
 // A send that failed on the way (no answer, 503) is sent again with the same report_id while the form is
@@ -74,38 +77,71 @@ function put(target, key, raw, kind) {
   target[key] = kind === 'text' ? raw : numeric(raw, kind === 'int');
 }
 
-// Coordinates often come as one pair ("52.61, 39.59"): pasted into the latitude, they fill both.
+// Coordinates as callers and maps give them: one pair pasted into the latitude ("52,61, 39,59", "52°36′36″N
+// 39°35′24″E") fills both; comma decimals and degrees-minutes-seconds become decimal degrees in place.
 function splitPair() {
   const lat = $('f-lat');
-  const pair = lat.value.match(/^\s*(-?\d+\.\d+)\s*[,;\s]\s*(-?\d+\.\d+)\s*$/);
-  if (pair && !value('lon')) {
-    lat.value = pair[1];
-    $('f-lon').value = pair[2];
+  const pair = coordinatePair(lat.value);
+  if (pair) {
+    lat.value = String(pair.lat);
+    $('f-lon').value = String(pair.lon);
+    return;
+  }
+  for (const input of [lat, $('f-lon')]) {
+    const single = input.value.trim() ? coordinate(input.value) : null;
+    if (single !== null) input.value = String(single);
   }
 }
 
-function phone(raw) {
-  const digits = raw.replace(/[\s()-]/g, '');
-  return /^8\d{10}$/.test(digits) ? `+7${digits.slice(1)}` : digits; // 8 900 ... is how Russians say +7 900 ...
+// A compass point typed for the heading ("СЗ") shows as the degrees it sends, so the operator sees what goes.
+function convertHeading() {
+  const input = $('f-heading_deg');
+  const deg = input.value.trim() ? headingDegrees(input.value) : null;
+  if (deg !== null && String(deg) !== input.value.trim()) {
+    $('h-heading_deg').textContent = t('op.heading_was', {text: input.value.trim(), deg});
+    input.value = String(deg);
+  }
+}
+
+// What cannot be sent as typed, found before sending (the relay would refuse it too, with a less helpful word):
+// each problem names its field and the form that is expected.
+function localProblems() {
+  const problems = [];
+  if (value('heading_deg') && headingDegrees(value('heading_deg')) === null) {
+    problems.push({field: 'heading_deg', problem: t('op.heading_bad')});
+  }
+  if (value('count') && countRange(value('count')) === null) problems.push({field: 'count', problem: t('op.count_bad')});
+  for (const name of ['lat', 'lon']) {
+    if (value(name) && coordinate(value(name)) === null) problems.push({field: name, problem: t('op.coords_bad')});
+  }
+  if (value('phone') && phoneNumber(value('phone')) === null) problems.push({field: 'phone', problem: t('op.phone_bad')});
+  return problems;
 }
 
 function readForm(observedAtValue) {
   const location = {};
   put(location, 'lat', value('lat'), 'number');
   put(location, 'lon', value('lon'), 'number');
+  if (chosenPlace && location.lat === chosenPlace.lat && location.lon === chosenPlace.lon) {
+    location.accuracy_m = chosenPlace.accuracy_m; // a settlement's coordinates: where in it is not known
+  }
   put(location, 'district', value('district'), 'text');
   put(location, 'address', value('address'), 'text');
   const body = {observed_at: observedAtValue, location};
-  put(body, 'count', value('count'), 'int');
+  const count = value('count') ? countRange(value('count')) : null;
+  if (count) body.count = count.count;
   for (const name of ['uav_type', 'sound', 'perception']) body[name] = value(name);
-  put(body, 'heading_deg', value('heading_deg'), 'int');
+  const heading = value('heading_deg') ? headingDegrees(value('heading_deg')) : null;
+  if (heading !== null) body.heading_deg = heading;
   for (const name of ['movement', 'speed', 'altitude']) body[name] = value(name);
   put(body, 'altitude_m', value('altitude_m'), 'int');
   body.priority = value('priority');
   body.status = value('status');
-  put(body, 'notes', value('notes'), 'text');
+  const notes = [value('notes'), count && count.range ? t('op.count_note', {range: count.range}) : '']
+    .filter(Boolean).join('; ');
+  put(body, 'notes', notes, 'text');
   const caller = {};
-  if (value('phone')) caller.phone = phone(value('phone'));
+  if (value('phone')) caller.phone = phoneNumber(value('phone'));
   put(caller, 'name', value('name'), 'text');
   if (Object.keys(caller).length) body.caller = caller;
   return body;
@@ -163,10 +199,13 @@ async function submit(event) {
   event.preventDefault();
   if (busy) return;
   splitPair();
+  convertHeading();
   clearProblems();
   const reuseObserved = lastFailed && !observedTouched ? lastFailed.observedAt : observedAt();
-  if (reuseObserved === null) {
-    showProblems([{field: 'observed_at', problem: t('fields.observed_at_bad')}]);
+  const problems = localProblems();
+  if (reuseObserved === null) problems.unshift({field: 'observed_at', problem: t('fields.observed_at_bad')});
+  if (problems.length) {
+    showProblems(problems);
     return;
   }
   const body = readForm(reuseObserved);
@@ -193,9 +232,11 @@ async function submit(event) {
     case 201: {
       lastFailed = null;
       const accepted = answer.data;
-      status(t(answer.status === 201 ? 'operator.accepted' : 'operator.replayed',
-        {code: accepted.short_code, desks: accepted.desks.join(', ')}), 'ok');
+      status(t(answer.status === 201 ? 'op.accepted' : 'operator.replayed',
+        {code: accepted.short_code, desks: accepted.desks.map(deskName).join(', ')}), 'ok');
       form.reset();
+      forgetPlace();
+      $('h-heading_deg').textContent = t('op.heading_hint');
       observedTouched = false;
       showNow();
       $('f-lat').focus();
@@ -227,10 +268,22 @@ async function submit(event) {
 
 // ---- recent reports -------------------------------------------------------------------------------------
 
+function deskName(id) {
+  return (desks.get(id) || {}).name || id;
+}
+
+// Who acknowledged, at what clock time, how fast: with the desk's name, not its id.
+function detailOf(alert) {
+  const ack = alert.ack;
+  if (shownState(alert) !== 'acknowledged' || !ack || ack.via_track) return stateDetail(alert);
+  return t('op.acknowledged', {by: ack.by || deskName(ack.desk_id), desk: deskName(ack.desk_id),
+    channel: channelName(ack.channel), time: clock(ack.at), latency: number(ack.latency_s)});
+}
+
 function recentItem(alert) {
   const r = alert.report;
   const state = shownState(alert);
-  const detail = stateDetail(alert);
+  const detail = detailOf(alert);
   return el('li', {class: `sent-report is-${state}`, dataset: {alertId: alert.alert_id, state}},
     el('span', {class: 'code small', text: alert.short_code}),
     el('span', {class: 'what'},
@@ -249,6 +302,171 @@ function render() {
   for (const old of recent.slice(RECENT)) table.drop(old.alert_id);
   $('recent').replaceChildren(...recent.slice(0, RECENT).map(recentItem));
   $('none-recent').hidden = recent.length > 0;
+  warnUnacknowledged(recent.slice(0, RECENT).filter((a) => a.state === 'unacknowledged'));
+}
+
+// ---- a report nobody acknowledged ---------------------------------------------------------------------------
+
+const warned = new Set(); // alerts the operator has been told about (a sound once each, not on every render)
+let audio = null;
+let unanswered = []; // what the box says now, for tests and screen readers: document.body.dataset.unacknowledged
+
+function beep() {
+  try {
+    audio = audio || new AudioContext();
+    if (audio.state === 'suspended') audio.resume().catch(() => {});
+    const start = audio.currentTime + 0.02;
+    const gain = audio.createGain();
+    gain.gain.setValueAtTime(0.0001, start);
+    gain.connect(audio.destination);
+    const osc = audio.createOscillator();
+    osc.type = 'triangle';
+    for (let i = 0; i < 3; i += 1) { // three falling tones: unlike the dispatcher's alarm, "something went wrong"
+      const at = start + i * 0.35;
+      osc.frequency.setValueAtTime(700 - i * 120, at);
+      gain.gain.linearRampToValueAtTime(0.3, at + 0.02);
+      gain.gain.setValueAtTime(0.3, at + 0.25);
+      gain.gain.linearRampToValueAtTime(0.0001, at + 0.3);
+    }
+    osc.connect(gain);
+    osc.start(start);
+    osc.stop(start + 1.1);
+  } catch {
+    // no sound device: the red box below still says what to do
+  }
+}
+
+// An unacknowledged report (the relay gave up escalating) sounds once and says whom to call, by name and phone.
+function warnUnacknowledged(alerts) {
+  const box = $('call-desk');
+  const fresh = alerts.filter((a) => !warned.has(a.alert_id));
+  for (const a of fresh) warned.add(a.alert_id);
+  if (fresh.length) beep();
+  unanswered = alerts.map((a) => a.alert_id);
+  document.body.dataset.unacknowledged = String(unanswered.length);
+  if (!alerts.length) {
+    box.hidden = true;
+    box.replaceChildren();
+    return;
+  }
+  const ids = [...new Set(alerts.flatMap((a) => a.desks))];
+  const who = ids.map((id) => {
+    const d = desks.get(id) || {name: id, phone: null};
+    return d.phone ? t('op.call_one', {name: d.name, phone: d.phone}) : t('op.call_no_phone', {name: d.name});
+  });
+  box.replaceChildren(el('p', {text: t('op.call_desk', {desks: who.join('; ')})}),
+    el('p', {text: alerts.map((a) => a.short_code).join(', ')}));
+  box.hidden = false;
+}
+
+// ---- the gazetteer ---------------------------------------------------------------------------------------------
+
+let placeQuery = 0; // answers to older queries are dropped
+let placeOptions = [];
+let placeActive = -1;
+
+function forgetPlace() {
+  chosenPlace = null;
+  $('approximate').hidden = true;
+  closePlaces();
+}
+
+function closePlaces() {
+  $('place-list').hidden = true;
+  $('place-list').replaceChildren();
+  $('f-place').setAttribute('aria-expanded', 'false');
+  $('f-place').removeAttribute('aria-activedescendant');
+  placeOptions = [];
+  placeActive = -1;
+}
+
+function choosePlace(place) {
+  chosenPlace = place;
+  $('f-place').value = place.name;
+  $('f-lat').value = String(place.lat);
+  $('f-lon').value = String(place.lon);
+  if (!value('district')) $('f-district').value = place.district;
+  if (!value('address')) $('f-address').value = place.name;
+  const approximate = $('approximate');
+  approximate.textContent = t('op.approximate', {name: place.name, km: number(place.accuracy_m / 1000)});
+  approximate.hidden = false;
+  closePlaces();
+}
+
+function showPlaces(places) {
+  const list = $('place-list');
+  placeOptions = places;
+  placeActive = places.length ? 0 : -1;
+  list.replaceChildren(...(places.length ? places : [null]).map((p, i) => (p
+    ? el('li', {id: `place-${i}`, role: 'option', 'aria-selected': i === 0 ? 'true' : 'false',
+      text: p.district ? t('op.place_option', {name: p.name, district: p.district}) : p.name,
+      onmousedown: (event) => { event.preventDefault(); choosePlace(p); }})
+    : el('li', {role: 'option', 'aria-disabled': 'true', text: t('op.place_none')}))));
+  list.hidden = false;
+  $('f-place').setAttribute('aria-expanded', 'true');
+  if (placeActive >= 0) $('f-place').setAttribute('aria-activedescendant', 'place-0');
+}
+
+function movePlace(step) {
+  if (!placeOptions.length) return;
+  placeActive = (placeActive + step + placeOptions.length) % placeOptions.length;
+  for (const [i, node] of [...$('place-list').children].entries()) {
+    node.setAttribute('aria-selected', i === placeActive ? 'true' : 'false');
+  }
+  $('f-place').setAttribute('aria-activedescendant', `place-${placeActive}`);
+}
+
+async function lookUpPlaces() {
+  const q = $('f-place').value.trim();
+  const ticket = ++placeQuery;
+  if (q.length < 2) {
+    closePlaces();
+    return;
+  }
+  let answer;
+  try {
+    answer = await session.call(`/api/v1/places?q=${encodeURIComponent(q)}&limit=8`);
+  } catch (err) {
+    if (err instanceof Offline) return;
+    throw err;
+  }
+  if (ticket !== placeQuery || !answer.ok) return;
+  showPlaces(answer.data.places);
+}
+
+function wirePlaces() {
+  const input = $('f-place');
+  $('place-field').hidden = false;
+  input.addEventListener('input', () => { forgetPlace(); lookUpPlaces(); });
+  input.addEventListener('blur', closePlaces);
+  // Enter picks the highlighted place instead of sending the form; Escape closes the list
+  input.addEventListener('keydown', (event) => {
+    if ($('place-list').hidden) return;
+    if (event.key === 'ArrowDown' || event.key === 'ArrowUp') {
+      event.preventDefault();
+      movePlace(event.key === 'ArrowDown' ? 1 : -1);
+    } else if (event.key === 'Enter' && placeActive >= 0) {
+      event.preventDefault();
+      event.stopPropagation();
+      choosePlace(placeOptions[placeActive]);
+    } else if (event.key === 'Escape') {
+      closePlaces();
+    }
+  });
+}
+
+async function loadSession() {
+  let answer;
+  try {
+    answer = await session.call('/console/session');
+  } catch (err) {
+    if (err instanceof Offline) return;
+    throw err;
+  }
+  if (!answer.ok) return;
+  desks = new Map((answer.data.desks || []).map((d) => [d.id, d]));
+  if (answer.data.gazetteer) wirePlaces();
+  render();
 }
 
 async function refresh(id) {
@@ -291,6 +509,9 @@ function start(s) {
   showNow();
   observed.addEventListener('input', () => { observedTouched = true; });
   $('f-lat').addEventListener('change', splitPair);
+  $('f-lon').addEventListener('change', splitPair);
+  $('f-heading_deg').addEventListener('change', convertHeading);
+  for (const name of ['f-lat', 'f-lon']) $(name).addEventListener('input', () => { if (chosenPlace) forgetPlace(); });
   form.addEventListener('submit', submit);
   // Enter in any field sends, selects included (a select would otherwise open its list)
   form.addEventListener('keydown', (event) => {
@@ -308,6 +529,7 @@ function start(s) {
   });
   $('f-lat').focus();
   isOnline = followRelay(session, {reload, refresh});
+  loadSession();
   setInterval(showNow, 1000);
   setInterval(poll, POLL_MS);
   setInterval(() => { if (isOnline()) reload(); }, RELOAD_MS);
