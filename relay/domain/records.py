@@ -70,7 +70,7 @@ class TrackContext:
     alert_ids: tuple[str, ...]  # the latest ones (a console's payload names at most twenty)
     acknowledged: bool = False
     update_for: frozenset[str] = frozenset()  # desks that already had an alert of this track
-    other_codes: tuple[str, ...] = ()  # the track's other open short codes (for a backup round)
+    other_codes: tuple[str, ...] = ()  # the track's open short codes (a backup round lists those of the others)
     reports: int = 0  # how many alerts the track holds; 0: as many as alert_ids
 
 

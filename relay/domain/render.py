@@ -122,7 +122,7 @@ class Renderer:
 
     @staticmethod
     def other_codes(alert: AlertRecord) -> tuple[str, ...]:
-        return () if alert.track is None else alert.track.other_codes
+        return () if alert.track is None else tuple(c for c in alert.track.other_codes if c != alert.short_code)
 
     # ---- SMS ------------------------------------------------------------------------------------------
 

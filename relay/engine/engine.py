@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -112,7 +112,7 @@ class Engine:
         self._backups = list(backups)
         self._dispatcher = dispatcher
         self._book = book
-        self._pass_tracks: dict[str, OpenInTrack] = {}  # read once per scheduler pass (see _in_track)
+        self._pass_tracks: dict[str, _Chain] = {}  # read once per scheduler pass (see _in_track)
         self._poke = poke  # set by whoever stored an earlier due time (a failed send): the scheduler looks again
         self._wake_at = math.inf  # when the scheduler will look next, unless poked
         self._primary_back = True  # at start, look for deliveries a previous run left unsent
@@ -561,20 +561,22 @@ class Engine:
         track; (None, alert) when tracks are off or the alert is `flash` (it escalates on its own)."""
         if not self._book.enabled:
             return None, alert
-        found = self._pass_tracks.get(alert.track_id)
-        if found is None:  # once per track and scheduler pass: a raid's alerts often fall due together
-            found = self._pass_tracks[alert.track_id] = await self._store.open_in_track(alert.track_id)
+        chain = self._pass_tracks.get(alert.track_id)
+        if chain is None:  # once per track and scheduler pass: a raid's alerts often fall due together
+            chain = self._pass_tracks[alert.track_id] = self._chain_of(await self._store.open_in_track(alert.track_id))
+        context = self._book.context(alert.track_id, alert.alert_id) or TrackContext(
+            tracks.start(Sighting.of(alert.report), alert.track_id, params=self._book.params), (alert.alert_id,))
+        alert = replace(alert, track=replace(context, other_codes=chain.codes))
+        if alert.priority == Priority.FLASH:
+            return None, alert
+        lead = chain.lead or alert.alert_id  # none open in the store's view: this one carries it
+        return TrackChain(lead == alert.alert_id, min(chain.opened_at, alert.created_at)), alert
+
+    def _chain_of(self, found: OpenInTrack) -> _Chain:
         # an alert at its give-up time is given up in this pass: it no longer carries the chain
         until = self._clock.now() - self._policy.give_up_s
         chained = [o for o in found.open if o.priority != Priority.FLASH and o.created_at > until]
-        others = tuple(o.short_code for o in chained if o.alert_id != alert.alert_id)
-        context = self._book.context(alert.track_id, alert.alert_id) or TrackContext(
-            tracks.start(Sighting.of(alert.report), alert.track_id, params=self._book.params), (alert.alert_id,))
-        alert = replace(alert, track=replace(context, other_codes=others))
-        if alert.priority == Priority.FLASH:
-            return None, alert
-        lead = chained[0].alert_id if chained else alert.alert_id
-        return TrackChain(lead == alert.alert_id, min(found.opened_at, alert.created_at)), alert
+        return _Chain(chained[0].alert_id if chained else "", found.opened_at, tuple(o.short_code for o in chained))
 
     async def _backup_round(
         self, alert: AlertRecord, reason: BackupReason, schedule: Schedule, now: float, primary_up: bool
@@ -620,6 +622,16 @@ class Engine:
         self._bus.publish(StateEvent.of(closed, now))
         self._pass_tracks.pop(alert.track_id, None)
         self._due(now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chain:
+    """A track's backup chain in one scheduler pass: its lead, when it began, its open codes (shared by every
+    alert of the track: a raid's hundreds of alerts must not each copy the others' codes)."""
+
+    lead: str
+    opened_at: float
+    codes: tuple[str, ...]
 
 
 def _chosen(alert: AlertRecord, delivery_ids: Sequence[str]) -> list[DeliveryRecord]:
