@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from relay.domain import tracks
+from relay.domain.geo import distance_km
 from relay.domain.model import validate_report
-from relay.domain.routing import distance_km
 from relay.domain.tracks import (
     KM_PER_DEG,
     Decision,

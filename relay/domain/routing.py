@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # config imports render, which shows tracks, which measure distances here
+from relay.domain.geo import distance_km
+
+if TYPE_CHECKING:
     from relay.domain.config import DeskConfig
 
 log = logging.getLogger("relay.routing")
-
-EARTH_RADIUS_KM = 6371.0088
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +38,6 @@ class Desk:
     def from_config(cls, cfg: DeskConfig) -> Desk:
         area = Area(cfg.area.lat, cfg.area.lon, cfg.area.radius_km) if cfg.area else None
         return cls(cfg.id, cfg.name, tuple(cfg.sms), tuple(cfg.email), area, cfg.call_number)
-
-
-def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance (haversine)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
 def route(desks: Sequence[Desk], lat: float, lon: float) -> list[Desk]:

@@ -6,7 +6,6 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from relay.domain.clock import to_datetime
-from relay.domain.routing import Desk
 from relay.domain.states import OPEN_ALERT_STATES, AlertState
 from relay.domain.tracks import TrackState, desk_view
 
@@ -43,9 +42,10 @@ def track_json(estimate: TrackState, state: str, alert_ids: Sequence[str], repor
     }
 
 
-def desk_json(desk: Desk | None, desk_id: str, estimate: TrackState, acknowledged: bool, now: float) -> dict[str, Any]:
+def desk_json(desk_id: str, airfield: tuple[float, float] | None, estimate: TrackState, acknowledged: bool,
+              now: float) -> dict[str, Any]:
     """Where the track is from the desk's airfield (its area's centre); nulls for a desk without an area."""
-    view = None if desk is None or desk.area is None else desk_view(estimate, desk.area.lat, desk.area.lon, now)
+    view = None if airfield is None else desk_view(estimate, airfield[0], airfield[1], now)
     return {
         "desk_id": desk_id,
         "acknowledged": acknowledged,

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from relay.domain.geo import EARTH_RADIUS_KM, distance_km
 from relay.domain.model import Movement, Priority, Report, Speed, UavType
-from relay.domain.routing import EARTH_RADIUS_KM, distance_km
 
 KM_PER_DEG = math.pi * EARTH_RADIUS_KM / 180.0
 S_PER_H = 3600.0

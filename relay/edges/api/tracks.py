@@ -32,13 +32,16 @@ def track_view(ctx: ApiContext, t: TrackRecord, now: float) -> TrackView:
     desks: list[str] = []
     for a in t.alerts:
         desks += [d for d in a.desks if d not in desks]
-    shown = [
-        desk_json(ctx.engine.desk(d), d, t.estimate, _acknowledged_by(t, d), now) for d in desks
-    ]
+    shown = [desk_json(d, _airfield(ctx, d), t.estimate, _acknowledged_by(t, d), now) for d in desks]
     latest = sorted(t.alerts, key=lambda a: a.sighting.observed_at)[-TRAIL:]
     trail = [{"lat": a.sighting.lat, "lon": a.sighting.lon, "at": to_datetime(a.sighting.observed_at)} for a in latest]
     return TrackView.model_validate({**track_json(t.estimate, state, [a.alert_id for a in t.alerts]),
                                      "desks": shown, "trail": trail})
+
+
+def _airfield(ctx: ApiContext, desk_id: str) -> tuple[float, float] | None:
+    desk = ctx.engine.desk(desk_id)
+    return None if desk is None or desk.area is None else (desk.area.lat, desk.area.lon)
 
 
 def _acknowledged_by(t: TrackRecord, desk_id: str) -> bool:
