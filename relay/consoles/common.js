@@ -10,6 +10,14 @@ export function t(key, vars = {}) {
   return text.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
 }
 
+// Russian counts have three forms (1 сообщение, 3 сообщения, 7 сообщений): `key` names an object of the
+// Intl.PluralRules categories ("one", "few", "many", "other"), each a string with {n}.
+export function plural(key, n, vars = {}) {
+  const form = new Intl.PluralRules(S.locale).select(n);
+  const forms = key.split('.').reduce((node, part) => (node == null ? undefined : node[part]), S) || {};
+  return t(`${key}.${form in forms ? form : 'other'}`, {n, ...vars});
+}
+
 export function $(id) {
   return document.getElementById(id);
 }
@@ -109,20 +117,23 @@ const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 5000;
 const SILENT_MS = 45000;
 
-/** Follow the relay's event stream: show the connection state, reload on (re)connect, refresh what an event names.
+/** Follow the relay's event stream: show the connection state, reload on (re)connect, refresh what an event names
+ *  (`refresh(alert_id, event)`), and tell `onState` ('online' or 'offline') when the stream comes or goes.
  *  Returns a function telling whether the stream is up now. */
-export function followRelay(session, {reload, refresh}) {
+export function followRelay(session, {reload, refresh, onState = () => {}}) {
   let online = false;
   new EventStream(session.token, {
     onOpen: () => {
       online = true;
       showConnection('online');
+      onState('online');
       reload();
     },
-    onEvent: (event) => refresh(event.alert_id),
+    onEvent: (event) => refresh(event.alert_id, event),
     onDown: (retryMs) => {
       online = false;
       showConnection('offline', retryMs);
+      onState('offline');
     },
     onUnauthorized: () => session.logout(t('login.bad_token')),
   }).start();
@@ -396,8 +407,10 @@ export function stateDetail(alert) {
 
 // Fetches answered out of order must not undo a newer answer: each request takes a number when it starts, and
 // an alert is replaced only by an answer to a request started after the one it came from.
+// `key`: the field that names a record (alerts by alert_id; the dispatcher's tracks by track_id).
 export class AlertTable {
-  constructor() {
+  constructor(key = 'alert_id') {
+    this.key = key;
     this.alerts = new Map();
     this.seq = 0;
   }
@@ -408,9 +421,10 @@ export class AlertTable {
   }
 
   put(alert, ticket) {
-    const known = this.alerts.get(alert.alert_id);
+    const id = alert[this.key];
+    const known = this.alerts.get(id);
     if (known && known.ticket > ticket) return false;
-    this.alerts.set(alert.alert_id, {alert, ticket});
+    this.alerts.set(id, {alert, ticket});
     return true;
   }
 

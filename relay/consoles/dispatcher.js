@@ -1,333 +1,547 @@
-// The dispatcher's console: this desk's open alerts, newest first, live; an alarm and a flashing card for each
-// new one until it is acknowledged; one button to acknowledge; acknowledged alerts below as history.
-import {
-  $, AlertTable, Offline, followRelay, altitudeText, channelName, channelStates, clock, compass, duration,
-  el, enumLabel, login, newestFirst, placeLines, serverNow, t,
-} from './common.js';
+// The dispatcher's board: this desk's tracks (one card per drone, not per call), triaged, beside a plot of the
+// airspace around the airfield; one alarm loop while any track waits for an acknowledgement; the keyboard does
+// everything; each alert put on screen is confirmed to the relay (the operator sees it reached the web console).
+import {$, AlertTable, Offline, followRelay, login, plural, serverNow, t} from './common.js';
+import {Alarm} from './alarm.js';
+import {agoText, codesText, distanceText, etaText, fillCard, makeCard, trackView, triage} from './board.js';
+import {Timeline} from './board_timeline.js';
+import {Plot} from './plot.js';
 
-const HISTORY = 20;
-const OPEN_LIMIT = 200;
-const ALARM_REPEAT_MS = 30000; // an unanswered alarm sounds again: the dispatcher may have stepped away
-const POLL_MS = 2000; // deliveries change without a state event (sent, SMS fired): re-read open alerts now and then
-const RELOAD_MS = 30000; // the whole list, in case an event was missed
+const OPEN_LIMIT = 100;
+const ACKED_LIMIT = 50;
+const ALERT_LIMIT = 200;
+const RELOAD_MS = 15000; // distances and ETAs are the relay's, dead-reckoned when read: re-read them often
+const RENDER_MS = 5000; // stale marks, ETAs in minutes, the plot
+const LOOK_MS = 700; // pointing at a card this long is looking at it (passing over it is not)
 const BY_KEY = 'uav-relay.desk.by';
+const LOOKED_KEY = 'uav-relay.desk.looked';
 
-const table = new AlertTable();
-const seen = new Set(); // every alert this page has shown: the alarm sounds once per alert, not per update
-const flashing = new Set(); // new and not acknowledged yet
-const cards = new Map(); // alert_id -> {node, body, button, note}
+const tracks = new AlertTable('track_id');
+const alerts = new AlertTable();
+const readAt = new Map(); // track_id -> when (relay's clock) its JSON was read: its ETA counts down from there
+const cards = new Map(); // track_id -> card (see board.js)
+const looked = new Set(readJson(sessionStorage.getItem(LOOKED_KEY), [])); // tracks the dispatcher has looked at
+const received = new Set(); // alerts confirmed to the relay as shown
+const knownAlerts = new Set(); // alerts this page has shown: the next one is an arrival, announced
+const arrived = new Map(); // track_id -> when this page first showed it
+let loaded = false;
+let views = [];
 let session = null;
-let isOnline = () => false; // replaced by followRelay once logged in
-let audio = null;
+let desk = null; // GET /console/session: {id, name, area, tile_url, join_window_s}
+let isOnline = () => false;
+let pointed = null; // the card or marker under the pointer
+let focused = null; // the card holding the keyboard focus
+let lookTimer = 0;
 
-// ---- sound ----------------------------------------------------------------------------------------------------
+const alarm = new Alarm({onChange: paintSound});
+let plot = null;
+let timeline = null;
 
-// Browsers let a page make sound only after a user gesture: the login click is one; after a reload the
-// "Включить звук" button (or any click or key) is.
-function unlockAudio() {
+function readJson(text, fallback) {
   try {
-    if (!audio) {
-      audio = new AudioContext();
-      audio.addEventListener('statechange', paintSound);
-    }
-    if (audio.state === 'suspended') audio.resume().catch(() => {});
+    return text ? JSON.parse(text) : fallback;
   } catch {
-    audio = null;
+    return fallback;
   }
-  paintSound();
 }
 
-function paintSound() {
-  $('sound').hidden = Boolean(audio && audio.state === 'running');
+// ---- reading the relay -----------------------------------------------------------------------------------------
+
+async function loadSession() {
+  if (desk) return true;
+  const answer = await session.call('/console/session');
+  if (!answer.ok || !answer.data) return false;
+  desk = answer.data;
+  $('who').textContent = desk.name && desk.name !== desk.id ? t('board.desk', {id: desk.id, name: desk.name})
+    : t('dispatcher.desk', {id: desk.id});
+  plot.configure({area: desk.area, name: desk.name || desk.id, tileUrl: desk.tile_url});
+  $('plot-box').classList.toggle('no-area', !desk.area);
+  return true;
 }
 
-function alarm() {
-  if (!audio || audio.state !== 'running') {
-    paintSound();
+async function reload() {
+  const trackTicket = tracks.ticket();
+  const alertTicket = alerts.ticket();
+  const now = serverNow();
+  let answers;
+  try {
+    if (!(await loadSession())) return;
+    answers = await Promise.all([
+      session.call(`/api/v1/tracks?state=open&limit=${OPEN_LIMIT}`),
+      session.call(`/api/v1/tracks?state=acknowledged&limit=${ACKED_LIMIT}`),
+      session.call(`/api/v1/alerts?state=open&limit=${ALERT_LIMIT}`),
+      session.call('/api/v1/alerts?state=unacknowledged&limit=50'),
+    ]);
+  } catch (err) {
+    if (err instanceof Offline) return; // the stream notices too, and reloads everything when it is back
+    throw err;
+  }
+  if (!answers.every((a) => a.ok)) return;
+  const listed = new Set();
+  for (const answer of answers.slice(0, 2)) {
+    for (const track of answer.data.tracks) {
+      if (tracks.put(track, trackTicket)) readAt.set(track.track_id, now);
+      listed.add(track.track_id);
+    }
+  }
+  // no longer listed: closed, or merged into another, while nothing told this page
+  for (const track of tracks.all()) if (!listed.has(track.track_id)) forgetTrack(track.track_id, trackTicket);
+  for (const answer of answers.slice(2)) for (const alert of answer.data.alerts) alerts.put(alert, alertTicket);
+  await fetchLatest();
+  for (const alert of alerts.all()) if (!tracks.has(alert.track_id)) alerts.drop(alert.alert_id);
+  render();
+}
+
+function forgetTrack(id, ticket) {
+  const entry = tracks.alerts.get(id);
+  if (entry && entry.ticket < ticket) tracks.drop(id);
+}
+
+/** Each track's newest alert (its report is the card's type, count, heading, altitude) when not read yet. */
+async function fetchLatest() {
+  const missing = tracks.all().map((tr) => tr.alert_ids[tr.alert_ids.length - 1]).filter((id) => id && !alerts.has(id));
+  await Promise.all(missing.map(fetchAlert));
+}
+
+async function fetchAlert(id) {
+  const ticket = alerts.ticket();
+  try {
+    const answer = await session.call(`/api/v1/alerts/${encodeURIComponent(id)}`);
+    if (answer.ok) {
+      alerts.put(answer.data, ticket);
+      return answer.data;
+    }
+  } catch (err) {
+    if (!(err instanceof Offline)) throw err;
+  }
+  return null;
+}
+
+async function fetchTrack(id) {
+  const ticket = tracks.ticket();
+  const now = serverNow();
+  let answer;
+  try {
+    answer = await session.call(`/api/v1/tracks/${encodeURIComponent(id)}`);
+  } catch (err) {
+    if (!(err instanceof Offline)) throw err;
     return;
   }
-  const start = audio.currentTime + 0.02;
-  const gain = audio.createGain();
-  gain.gain.setValueAtTime(0.0001, start);
-  gain.connect(audio.destination);
-  const osc = audio.createOscillator();
-  osc.type = 'square';
-  for (let i = 0; i < 6; i += 1) { // two tones, six beeps: not mistaken for a notification sound
-    const at = start + i * 0.25;
-    osc.frequency.setValueAtTime(i % 2 ? 660 : 880, at);
-    gain.gain.linearRampToValueAtTime(0.25, at + 0.01);
-    gain.gain.setValueAtTime(0.25, at + 0.18);
-    gain.gain.linearRampToValueAtTime(0.0001, at + 0.2);
+  if (answer.status === 404 || (answer.ok && answer.data.state === 'closed')) forgetTrack(id, ticket + 1);
+  else if (answer.ok && tracks.put(answer.data, ticket)) readAt.set(id, now);
+}
+
+// Events come in bursts (a raid, a track acknowledged: one per alert): they are gathered for a moment and each
+// alert and track named is read once.
+const pending = {alerts: new Set(), tracks: new Set(), full: false};
+let flushing = null;
+let flushTimer = 0;
+
+function refresh(alertId, event = {}) {
+  pending.alerts.add(alertId);
+  const known = alerts.get(alertId);
+  if (!event.track_id || !tracks.has(event.track_id) || (known && known.track_id !== event.track_id)) {
+    pending.full = true; // a new track, or one merged or split: the list is read again
+  } else {
+    pending.tracks.add(event.track_id);
   }
-  osc.connect(gain);
-  osc.start(start);
-  osc.stop(start + 1.6);
-  osc.addEventListener('ended', () => gain.disconnect());
+  clearTimeout(flushTimer);
+  flushTimer = setTimeout(flush, 40);
 }
 
-// ---- cards ------------------------------------------------------------------------------------------------------
-
-function row(label, ...value) {
-  return [el('dt', {text: label}), el('dd', {}, ...value)];
-}
-
-function marks(alert) {
-  const report = alert.report;
-  const out = [];
-  if (alert.priority === 'flash') out.push(el('span', {class: 'mark flash', text: t('alert.flash')}));
-  if (report.status === 'exercise') out.push(el('span', {class: 'mark drill', text: t('alert.exercise')}));
-  if (report.status === 'test') out.push(el('span', {class: 'mark drill', text: t('alert.test')}));
-  if (alert.stale) out.push(el('span', {class: 'mark stale', text: t('alert.stale')}));
-  return out;
-}
-
-function heading(report) {
-  if (report.heading_deg == null) return t('alert.unknown');
-  const arrow = el('span', {class: 'arrow', 'aria-hidden': 'true', text: '↑'});
-  arrow.style.transform = `rotate(${report.heading_deg}deg)`; // CSSOM, which the CSP allows; a style="" would not
-  return [arrow, ' ', t('alert.heading_value', {deg: report.heading_deg, compass: compass(report.heading_deg)})];
-}
-
-function channels(alert) {
-  const mine = alert.deliveries.filter((d) => d.desk_id === session.id);
-  return channelStates(mine).map(({channel, state}) => el('span', {
-    class: `chan chan-${state}`, text: t('delivery.item', {channel: channelName(channel), state: t(`delivery.${state}`)}),
-  }));
-}
-
-function ago(observedAt) {
-  const at = Date.parse(observedAt);
-  return el('span', {class: 'ago', dataset: {at: String(at)}, text: t('alert.ago', {t: duration(serverNow() - at)})});
-}
-
-function details(alert) {
-  const r = alert.report;
-  const {place, coords} = placeLines(r);
-  const rows = [
-    row(t('alert.place'), el('span', {class: 'place', text: place})),
-    row(t('alert.coords'), el('span', {class: 'coords', text: coords})),
-    row(t('alert.type'), enumLabel('uav_type', r.uav_type || 'unknown')),
-    row(t('alert.count'), el('span', {class: 'count', text: String(r.count ?? 1)})),
-    row(t('alert.heading'), heading(r)),
-    row(t('alert.altitude'), altitudeText(r) || t('alert.unknown')),
-  ];
-  for (const field of ['movement', 'sound', 'perception']) {
-    if (r[field] && r[field] !== 'unknown') rows.push(row(t(`alert.${field}`), enumLabel(field, r[field])));
+async function flush() {
+  if (flushing) {
+    await flushing;
+    if (!pending.alerts.size && !pending.full) return;
   }
-  if (r.notes) rows.push(row(t('alert.notes'), r.notes));
-  rows.push(row(t('alert.channels'), channels(alert)));
-  return el('dl', {class: 'facts'}, rows);
+  const ids = [...pending.alerts];
+  const trackIds = new Set(pending.tracks);
+  let full = pending.full;
+  pending.alerts.clear();
+  pending.tracks.clear();
+  pending.full = false;
+  flushing = (async () => {
+    const got = await Promise.all(ids.map(fetchAlert));
+    for (const alert of got) {
+      if (!alert) continue;
+      if (tracks.has(alert.track_id)) trackIds.add(alert.track_id);
+      else full = true;
+    }
+    if (full) await reload();
+    else {
+      await Promise.all([...trackIds].map(fetchTrack));
+      await fetchLatest();
+      render();
+    }
+  })();
+  try {
+    await flushing;
+  } finally {
+    flushing = null;
+  }
 }
 
-function cardTop(alert) {
-  return el('div', {class: 'card-top'},
-    el('span', {class: 'code'}, el('span', {class: 'visually-hidden', text: `${t('alert.code')} `}), alert.short_code),
-    el('span', {class: 'seen'},
-      el('span', {class: 'label', text: t('alert.observed')}), ' ',
-      el('time', {datetime: alert.report.observed_at, text: clock(alert.report.observed_at)}), ' ',
-      ago(alert.report.observed_at)),
-    el('span', {class: 'marks'}, marks(alert)));
-}
+// ---- the board -------------------------------------------------------------------------------------------------
 
-function makeCard(alert) {
-  const note = el('p', {class: 'note', role: 'status'});
-  const button = el('button', {type: 'button', class: 'ack', text: t('dispatcher.ack')});
-  button.addEventListener('click', () => acknowledge(alert.alert_id, button, note));
-  const body = el('div', {class: 'card-body'});
-  const node = el('li', {class: 'alert', dataset: {alertId: alert.alert_id}},
-    body, el('div', {class: 'actions'}, button, note));
-  const card = {node, body, button, note};
-  fill(card, alert);
-  return card;
-}
-
-function fill(card, alert) {
-  // only the facts are rebuilt: the button stays the same element, so keyboard focus on it survives an update
-  card.body.replaceChildren(cardTop(alert), details(alert),
-    alert.state === 'unacknowledged' ? el('p', {class: 'given-up-note', text: t('dispatcher.given_up')}) : '');
-  card.node.classList.toggle('new', flashing.has(alert.alert_id));
-  card.node.classList.toggle('given-up', alert.state === 'unacknowledged');
-  card.node.setAttribute('aria-label', `${alert.short_code}: ${placeLines(alert.report).place}`);
-}
-
-function historyItem(alert) {
-  const r = alert.report;
-  const ack = alert.ack;
-  return el('li', {class: 'done', dataset: {alertId: alert.alert_id}},
-    el('span', {class: 'code small', text: alert.short_code}),
-    el('span', {text: `${clock(r.observed_at)} · ${placeLines(r).place} · ${enumLabel('uav_type', r.uav_type || 'unknown')}`
-      + ` ×${r.count ?? 1}`}),
-    ack ? el('span', {class: 'state state-acknowledged', text: `${t('states.acknowledged')}: ${ack.by || ack.desk_id}`
-      + `, ${clock(ack.at)}`}) : '');
-}
-
-// ---- the lists ----------------------------------------------------------------------------------------------
-
-function isOpen(alert) {
-  return alert.state !== 'acknowledged';
-}
+let renderTimer = 0;
 
 function render() {
-  const all = table.all();
-  const open = all.filter(isOpen).sort(newestFirst);
-  const done = all.filter((a) => !isOpen(a))
-    .sort((a, b) => (a.ack && b.ack && a.ack.at < b.ack.at ? 1 : -1));
-  for (const old of done.slice(HISTORY)) table.drop(old.alert_id);
+  clearTimeout(renderTimer);
+  renderTimer = setTimeout(render, RENDER_MS);
+  if (!session) return;
+  const now = serverNow();
+  const byTrack = new Map();
+  for (const alert of alerts.all()) {
+    if (!byTrack.has(alert.track_id)) byTrack.set(alert.track_id, []);
+    byTrack.get(alert.track_id).push(alert);
+  }
+  views = tracks.all().filter((tr) => tr.state !== 'closed')
+    .map((tr) => trackView(tr, byTrack.get(tr.track_id) || [], session.id, now, readAt.get(tr.track_id) ?? now));
+  const waiting = views.filter((v) => v.needsAck).sort(triage);
+  const acked = views.filter((v) => !v.needsAck).sort(triage);
+  views = [...waiting, ...acked];
+  announce(views);
 
-  const list = $('open');
-  const wanted = new Set(open.map((a) => a.alert_id));
+  const wanted = new Set(views.map((v) => v.id));
   for (const [id, card] of cards) {
     if (!wanted.has(id)) {
       card.node.remove();
       cards.delete(id);
     }
   }
-  open.forEach((alert, i) => {
-    let card = cards.get(alert.alert_id);
-    if (card) fill(card, alert);
-    else {
-      card = makeCard(alert);
-      cards.set(alert.alert_id, card);
-    }
-    // moved only when out of place: moving a node would take the keyboard focus off its button
-    if (list.children[i] !== card.node) list.insertBefore(card.node, list.children[i] || null);
-  });
-  $('none-open').hidden = open.length > 0;
-  $('open-h').textContent = open.length ? t('dispatcher.open_count', {n: open.length}) : t('dispatcher.open');
-  document.title = open.length ? t('dispatcher.title_alerts', {n: open.length}) : t('dispatcher.title');
+  place($('tracks'), waiting, now);
+  place($('acked'), acked, now);
+  $('none-open').hidden = waiting.length > 0;
+  $('acked-section').hidden = acked.length === 0;
+  paintCounts(waiting, views);
+  plot.show(views.map(plotItem));
+  plot.highlight(pointed || focused);
+  alarm.set(!waiting.length ? 'none' : waiting.some((v) => v.flash) ? 'flash' : 'normal');
+  confirmShown();
+  paintSound();
+}
 
-  $('history').replaceChildren(...done.slice(0, HISTORY).map(historyItem));
-  $('none-history').hidden = done.length > 0;
+function place(list, shown, now) {
+  shown.forEach((view, i) => {
+    let card = cards.get(view.id);
+    if (!card) {
+      card = makeCard(view.id, {onAck: acknowledge, onOpen: openTimeline, onLook: look});
+      cards.set(view.id, card);
+    }
+    fillCard(card, view, {now, fresh: isFresh(view)});
+    // moved only when out of place: moving a node takes the keyboard focus off it
+    if (list.children[i] !== card.node) {
+      const had = card.node.contains(document.activeElement) ? document.activeElement : null;
+      list.insertBefore(card.node, list.children[i] || null);
+      if (had) had.focus({preventScroll: true});
+    }
+  });
+}
+
+function isFresh(view) {
+  return view.needsAck && !looked.has(view.id);
+}
+
+function paintCounts(waiting, all) {
+  const flash = waiting.filter((v) => v.flash).length;
+  const approaching = all.filter((v) => v.approaching && !v.stale).length;
+  $('count-waiting').textContent = t('board.count_waiting', {n: waiting.length});
+  $('count-waiting').classList.toggle('alarm', waiting.length > 0);
+  $('count-flash').textContent = t('board.count_flash', {n: flash});
+  $('count-flash').classList.toggle('alarm', flash > 0);
+  $('count-approaching').textContent = t('board.count_approaching', {n: approaching});
+  $('count-all').textContent = t('board.count_all', {n: all.length});
+  // the newest arrival first: the one the dispatcher has not seen yet is most likely the one that just came
+  const fresh = waiting.filter(isFresh).sort((a, b) => (arrived.get(b.id) || 0) - (arrived.get(a.id) || 0));
+  const jump = $('jump-new');
+  jump.dataset.trackId = fresh.length ? fresh[0].id : '';
+  jump.hidden = fresh.length === 0;
+  jump.textContent = fresh.length ? t('board.jump_new', {n: fresh.length, codes: codesText(fresh.map((v) => v.codes[0]))})
+    : '';
+  document.title = waiting.length ? t('dispatcher.title_alerts', {n: waiting.length}) : t('dispatcher.title');
+}
+
+function plotItem(view) {
+  const report = view.latest ? view.latest.report : {};
+  const classes = [view.needsAck ? 'waiting' : 'acked'];
+  if (view.flash) classes.push('flash');
+  if (view.stale) classes.push('stale');
+  if (isFresh(view)) classes.push('fresh');
+  const label = view.codes.length > 1 ? `${view.codes[0]} +${view.codes.length - 1}` : view.codes[0] || '';
+  return {
+    id: view.id, lat: view.track.position.lat, lon: view.track.position.lon,
+    heading: view.track.heading_deg ?? report.heading_deg ?? null,
+    label, classes, trail: view.track.trail || [],
+    title: [codesText(view.codes), distanceText(view.desk), plural('board.reports', view.track.reports)]
+      .filter(Boolean).join(' — '),
+  };
+}
+
+/** Every arrival in the live region: a new track with where it is, or a track's new report. */
+function announce(shown) {
+  const said = [];
+  for (const view of shown) {
+    const fresh = view.track.alert_ids.filter((id) => !knownAlerts.has(id));
+    view.track.alert_ids.forEach((id) => knownAlerts.add(id));
+    const isNew = !arrived.has(view.id);
+    if (isNew) arrived.set(view.id, Date.now());
+    if (!loaded || !fresh.length) continue;
+    const where = [distanceText(view.desk), view.approaching ? etaText(view.etaAt - serverNow()) : '']
+      .filter(Boolean).join(', ');
+    const codes = codesText(view.codes);
+    if (isNew) said.push(t(view.flash ? 'board.say_new_flash' : 'board.say_new', {codes, where}));
+    else said.push(t('board.say_update', {codes, n: view.track.reports, where}));
+  }
+  if (!loaded) {
+    loaded = true;
+    const waiting = shown.filter((v) => v.needsAck).length;
+    if (shown.length) said.push(t('board.say_loaded', {n: shown.length, waiting}));
+  }
+  if (said.length) $('announce').textContent = said.join('; ');
+}
+
+/** Each alert of a track on screen is confirmed once: POST .../received (a `web` delivery for this desk). Only
+ *  while the page is visible: a tab in the background shows nobody anything. */
+const toConfirm = [];
+let confirming = 0;
+
+function confirmShown() {
+  if (document.visibilityState !== 'visible' || !isOnline()) return;
+  for (const view of views) {
+    for (const id of view.track.alert_ids) {
+      if (received.has(id)) continue;
+      received.add(id);
+      toConfirm.push(id);
+    }
+  }
+  pumpConfirmations();
+}
+
+function pumpConfirmations() {
+  while (confirming < 4 && toConfirm.length) {
+    const id = toConfirm.shift();
+    confirming += 1;
+    session.call(`/api/v1/alerts/${encodeURIComponent(id)}/received`, {method: 'POST'})
+      .then((answer) => { if (answer.status >= 500) received.delete(id); }, () => received.delete(id))
+      .finally(() => {
+        confirming -= 1;
+        pumpConfirmations();
+      });
+  }
 }
 
 function tick() {
   const now = serverNow();
-  for (const span of document.querySelectorAll('.ago')) {
-    span.textContent = t('alert.ago', {t: duration(now - Number(span.dataset.at))});
+  for (const view of views) {
+    const card = cards.get(view.id);
+    if (!card) continue;
+    const ago = card.facts.querySelector('.ago');
+    if (ago) ago.textContent = agoText(now - view.lastSeen);
+    const eta = card.where.querySelector('.t-eta');
+    if (eta && view.approaching) eta.textContent = etaText(Math.max(0, view.etaAt - now));
   }
 }
 
-// ---- talking to the relay --------------------------------------------------------------------------------------
+// ---- looking, pointing, the keyboard -----------------------------------------------------------------------------
 
-const fresh = []; // alerts first seen since the last render: one alarm and one announcement for them
-
-function accept(alert, ticket) {
-  if (!table.put(alert, ticket)) return;
-  const id = alert.alert_id;
-  if (!isOpen(alert)) flashing.delete(id);
-  else if (!seen.has(id)) {
-    flashing.add(id);
-    fresh.push(alert);
+/** A card pointed at (for a moment) or focused is looked at: no longer new. Either highlights it on the plot. */
+function look(id, on, how) {
+  if (how === 'focus') focused = on ? id : focused === id ? null : focused;
+  else {
+    clearTimeout(lookTimer);
+    pointed = on ? id : pointed === id ? null : pointed;
+    if (on) lookTimer = setTimeout(() => seen(id), LOOK_MS);
   }
-  seen.add(id);
+  plot.highlight(pointed || focused);
+  if (on && how === 'focus') seen(id);
 }
 
-function announceFresh() {
-  if (!fresh.length) return;
-  const alert = fresh[0];
-  $('announce').textContent = t('dispatcher.new_alert', {code: alert.short_code, place: placeLines(alert.report).place});
-  fresh.length = 0;
-  alarm();
+function seen(id) {
+  if (looked.has(id)) return;
+  looked.add(id);
+  const current = new Set(tracks.all().map((tr) => tr.track_id));
+  sessionStorage.setItem(LOOKED_KEY, JSON.stringify([...looked].filter((x) => current.has(x))));
+  setTimeout(render, 0);
 }
 
-async function refresh(id) {
-  const ticket = table.ticket();
-  let answer;
-  try {
-    answer = await session.call(`/api/v1/alerts/${encodeURIComponent(id)}`);
-  } catch (err) {
-    if (err instanceof Offline) return; // the stream notices too, and reloads everything when it is back
-    throw err;
-  }
-  if (!answer.ok) return;
-  accept(answer.data, ticket);
-  render();
-  announceFresh();
+function orderedCards() {
+  return [...$('tracks').children, ...$('acked').children];
 }
 
-async function reload() {
-  const ticket = table.ticket();
-  let answers;
-  try {
-    answers = await Promise.all([
-      session.call(`/api/v1/alerts?state=open&limit=${OPEN_LIMIT}`),
-      session.call('/api/v1/alerts?state=unacknowledged&limit=50'),
-      session.call(`/api/v1/alerts?state=acknowledged&limit=${HISTORY}`),
-    ]);
-  } catch (err) {
-    if (err instanceof Offline) return;
-    throw err;
+function cardOf(node) {
+  return node && node.closest ? node.closest('li.track') : null;
+}
+
+function move(step) {
+  const all = orderedCards();
+  if (!all.length) return;
+  const at = all.indexOf(cardOf(document.activeElement));
+  const next = all[at < 0 ? 0 : Math.max(0, Math.min(all.length - 1, at + step))];
+  next.focus();
+  next.scrollIntoView({block: 'nearest'});
+}
+
+/** The focused card's track, or the top one waiting for an acknowledgement. */
+function chosenTrack() {
+  const card = cardOf(document.activeElement);
+  if (card) return card.dataset.trackId;
+  const top = $('tracks').firstElementChild;
+  return top ? top.dataset.trackId : null;
+}
+
+const TYPING = new Set(['INPUT', 'SELECT', 'TEXTAREA']);
+
+function onKey(event) {
+  // after a reload the first key only lets the page sound: it must not also acknowledge something unseen
+  const wasBlocked = alarm.state === 'blocked' || alarm.connState === 'blocked';
+  alarm.unlock();
+  if (wasBlocked) {
+    event.preventDefault();
+    return;
   }
-  if (!answers.every((a) => a.ok)) return;
-  const listed = new Set();
-  for (const answer of answers) {
-    for (const alert of answer.data.alerts) {
-      accept(alert, ticket);
-      listed.add(alert.alert_id);
+  if (!timeline || timeline.isOpen || event.altKey || event.ctrlKey || event.metaKey) return;
+  const target = event.target;
+  if (TYPING.has(target.tagName) || target.isContentEditable) return;
+  const onButton = target.tagName === 'BUTTON';
+  switch (event.code) {
+    case 'ArrowDown': case 'KeyJ':
+      move(1);
+      break;
+    case 'ArrowUp': case 'KeyK':
+      move(-1);
+      break;
+    case 'Enter': case 'NumpadEnter': {
+      if (onButton) return; // the button's own action
+      const id = chosenTrack();
+      if (id) acknowledge(id);
+      break;
     }
+    case 'KeyH': {
+      const id = chosenTrack() || (views[0] && views[0].id);
+      if (id) openTimeline(id);
+      break;
+    }
+    case 'Equal': case 'NumpadAdd':
+      plot.zoom(-1);
+      paintScale();
+      break;
+    case 'Minus': case 'NumpadSubtract':
+      plot.zoom(1);
+      paintScale();
+      break;
+    default:
+      return;
   }
-  // shown as open but no longer listed: acknowledged while this page was not listening
-  for (const alert of table.all()) if (isOpen(alert) && !listed.has(alert.alert_id)) refresh(alert.alert_id);
-  render();
-  announceFresh();
+  event.preventDefault();
 }
 
-function poll() {
-  if (!isOnline()) return;
-  const stirring = table.all().filter((a) => isOpen(a) && a.deliveries.some((d) => d.state === 'queued'));
-  for (const alert of stirring.slice(0, 10)) refresh(alert.alert_id);
+function paintScale() {
+  $('scale').textContent = t('board.plot.ring', {km: plot.km});
 }
 
-async function acknowledge(id, button, note) {
+// ---- acting ----------------------------------------------------------------------------------------------------
+
+async function acknowledge(id) {
+  const card = cards.get(id);
+  const view = views.find((v) => v.id === id);
+  if (!card || !view || !view.needsAck || card.ack.disabled) return;
   const by = $('by').value.trim();
   localStorage.setItem(BY_KEY, by);
-  button.disabled = true;
-  note.textContent = t('dispatcher.acking');
-  const ticket = table.ticket();
+  card.ack.disabled = true;
+  card.note.textContent = t('dispatcher.acking');
+  const ticket = tracks.ticket();
   let answer;
   try {
-    answer = await session.call(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, {method: 'POST', body: {by}});
+    answer = await session.call(`/api/v1/tracks/${encodeURIComponent(id)}/ack`, {method: 'POST', body: {by}});
   } catch {
-    note.textContent = t('dispatcher.ack_offline');
-    button.disabled = false;
+    card.note.textContent = t('dispatcher.ack_offline');
+    card.ack.disabled = false;
     return;
   }
+  card.ack.disabled = false;
   if (!answer.ok) {
     const reason = answer.data && typeof answer.data.detail === 'string' ? answer.data.detail : String(answer.status);
-    note.textContent = t('dispatcher.ack_failed', {reason});
-    button.disabled = false;
+    card.note.textContent = t('dispatcher.ack_failed', {reason});
     return;
   }
-  flashing.delete(id);
-  const next = nextButton(id);
-  accept(answer.data, ticket);
+  card.note.textContent = '';
+  const hadFocus = card.node.contains(document.activeElement);
+  const next = nextWaiting(id);
+  looked.add(id);
+  if (tracks.put(answer.data, ticket)) readAt.set(id, serverNow());
+  await Promise.all(view.open.map((a) => fetchAlert(a.alert_id))); // acknowledged now: the card leaves the list
   render();
-  (next || $('open-h')).focus();
+  if (hadFocus || !cardOf(document.activeElement)) (next ? next.node : $('open-h')).focus({preventScroll: !next});
+  $('announce').textContent = t('board.say_acked', {codes: codesText(view.codes)});
 }
 
-function nextButton(id) {
-  const ids = [...cards.keys()];
+function nextWaiting(id) {
+  const ids = [...$('tracks').children].map((node) => node.dataset.trackId);
   const at = ids.indexOf(id);
-  const other = cards.get(ids[at + 1]) || cards.get(ids[at - 1]);
-  return other ? other.button : null;
+  return cards.get(ids[at + 1]) || cards.get(ids[at - 1]) || null;
 }
+
+function openTimeline(id) {
+  seen(id);
+  timeline.open(id);
+}
+
+// ---- sound -----------------------------------------------------------------------------------------------------
+
+function paintSound() {
+  const blocked = alarm.state === 'blocked' || alarm.connState === 'blocked';
+  $('sound-banner').hidden = !blocked;
+  $('sound').hidden = alarm.allowed;
+}
+
+// ---- start -------------------------------------------------------------------------------------------------------
 
 function start(s) {
   session = s;
+  plot = new Plot($('plot'), {
+    t,
+    onPick: (id) => {
+      const card = cards.get(id);
+      if (card) {
+        card.node.scrollIntoView({block: 'nearest'});
+        card.node.focus({preventScroll: true});
+      }
+    },
+    onHover: (id) => {
+      pointed = id;
+      plot.highlight(pointed || focused);
+      for (const card of cards.values()) card.node.classList.toggle('pointed', card.id === id);
+    },
+  });
+  timeline = new Timeline({
+    session, views: () => views, by: () => $('by').value.trim(),
+    changed: () => reload(),
+  });
   $('by').value = localStorage.getItem(BY_KEY) || '';
   $('by').addEventListener('change', () => localStorage.setItem(BY_KEY, $('by').value.trim()));
-  $('sound').addEventListener('click', unlockAudio);
-  document.addEventListener('pointerdown', unlockAudio, {once: true});
-  document.addEventListener('keydown', unlockAudio, {once: true});
-  paintSound();
+  $('sound').addEventListener('click', () => alarm.unlock());
+  $('sound-banner-button').addEventListener('click', () => alarm.unlock());
+  $('zoom-in').addEventListener('click', () => { plot.zoom(-1); paintScale(); });
+  $('zoom-out').addEventListener('click', () => { plot.zoom(1); paintScale(); });
+  $('jump-new').addEventListener('click', () => {
+    const first = cards.get($('jump-new').dataset.trackId);
+    if (first) {
+      first.node.scrollIntoView({block: 'nearest'});
+      first.node.focus({preventScroll: true});
+    }
+  });
+  document.addEventListener('visibilitychange', confirmShown);
   render();
-  isOnline = followRelay(session, {reload, refresh});
+  paintScale();
+  isOnline = followRelay(session, {
+    reload, refresh, onState: (state) => alarm.connection(state === 'offline'),
+  });
   setInterval(tick, 1000);
-  setInterval(poll, POLL_MS);
   setInterval(() => { if (isOnline()) reload(); }, RELOAD_MS);
-  setInterval(() => { if (flashing.size) alarm(); }, ALARM_REPEAT_MS);
 }
 
-$('login').addEventListener('submit', unlockAudio); // the gesture that lets the page sound later
+// Any click or key is the gesture that lets the page sound (the login's Enter or click is the first one).
+document.addEventListener('pointerdown', () => alarm.unlock(), {capture: true});
+document.addEventListener('keydown', onKey);
 $('open-h').tabIndex = -1;
 login('desk', start);
