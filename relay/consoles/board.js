@@ -5,7 +5,7 @@ import {altitudeText, clock, compass, el, enumLabel, placeLines, plural, t} from
 
 export const STALE_MS = 10 * 60 * 1000; // a drone flies 25-30 km in ten minutes: an older position is history
 const OPEN_STATES = new Set(['pending', 'delivered', 'unacknowledged']);
-const CODES_SHOWN = 3;
+const CODES_SHOWN = 2; // more would push the distance off a 1366-px card: the rest as +N
 
 /** What the board knows of one track, seen from this desk. `alerts`: the track's alerts this page has read. */
 export function trackView(track, alerts, deskId, now, fetchedAt) {

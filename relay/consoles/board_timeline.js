@@ -54,7 +54,7 @@ export class Timeline {
     try {
       const answer = await this.session.call(`/api/v1/tracks/${encodeURIComponent(trackId)}`);
       if (!answer.ok) {
-        $('tl-status').textContent = t('board.tl.gone');
+        if (loading === this.loading) $('tl-status').textContent = t('board.tl.gone');
         return;
       }
       track = answer.data;
@@ -74,15 +74,29 @@ export class Timeline {
     this.paint(track, alerts, events);
   }
 
+  /** The board changed: an open history whose track got a report, an ack or a correction is read again. */
+  sync(views) {
+    if (!this.isOpen || !this.shown || this.pending) return;
+    const view = views.find((v) => v.id === this.trackId);
+    const now = view ? `${view.track.reports}/${view.acked}/${view.track.last_seen}` : 'gone';
+    if (now !== this.shown) {
+      this.shown = now;
+      this.load();
+    }
+  }
+
   paint(track, alerts, events) {
     const me = this.session.id;
+    const view = this.views().find((v) => v.id === track.track_id);
+    this.shown = view ? `${view.track.reports}/${view.acked}/${view.track.last_seen}` : 'gone';
     const codes = alerts.filter((a) => a.state !== 'acknowledged').map((a) => a.short_code);
     const shownCodes = codesText(codes.length ? codes : alerts.slice(-1).map((a) => a.short_code));
     $('tl-h').textContent = t('board.tl.title', {codes: shownCodes});
     const desk = (track.desks || []).find((d) => d.desk_id === me);
     $('tl-summary').textContent = [
       plural('board.reports', track.reports),
-      t('board.tl.span', {from: clock(track.first_seen), to: clock(track.last_seen)}),
+      track.first_seen === track.last_seen ? t('board.tl.at', {at: clock(track.last_seen)})
+        : t('board.tl.span', {from: clock(track.first_seen), to: clock(track.last_seen)}),
       distanceText(desk),
       track.speed_kmh != null ? t('board.tl.speed', {v: Math.round(track.speed_kmh)}) : '',
       track.heading_deg != null ? t('board.heading', {deg: track.heading_deg, compass: compass(track.heading_deg)})
@@ -218,8 +232,8 @@ export class Timeline {
       $('tl-status').textContent = t('board.tl.refused', {reason});
       return;
     }
-    await this.changed();
     if (action.kind === 'merge') this.trackId = answer.data.track_id; // this track is gone: show the merged one
+    await this.changed();
     await this.load();
     $('tl-status').textContent = t(action.kind === 'merge' ? 'board.tl.merge_done' : 'board.tl.split_ok');
   }

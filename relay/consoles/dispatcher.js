@@ -219,6 +219,7 @@ function render() {
   alarm.set(!waiting.length ? 'none' : waiting.some((v) => v.flash) ? 'flash' : 'normal');
   confirmShown();
   paintSound();
+  if (timeline) timeline.sync(views);
 }
 
 function place(list, shown, now) {

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 
 from tests.browser.conftest import PageErrors
@@ -24,7 +25,7 @@ from tests.support.relay import (
     running_relay,
     settings_dict,
 )
-from tests.support.wait import eventually
+from tests.support.wait import eventually, free_port
 
 AIRFIELD = (52.60, 39.60)
 RADIUS_KM = 50
@@ -218,7 +219,8 @@ async def test_a_raid_is_one_card_per_track_triaged_beside_the_plot_and_acknowle
         if desk["eta_s"] is None:
             await expect(card.locator(".t-eta")).to_have_count(0)
         else:
-            minutes = int(re.fullmatch(r"≈ (\d+) мин", await card.locator(".t-eta").inner_text()).group(1))  # type: ignore[union-attr]
+            eta = await card.locator(".t-eta").inner_text()
+            minutes = int(re.fullmatch(r"подлёт ≈ (\d+) мин", eta).group(1))  # type: ignore[union-attr]
             assert abs(minutes - desk["eta_s"] / 60) <= 1, (minutes, desk)
     flash_card = page.locator(f"#tracks > li[data-track-id='{ordered[0]['track_id']}']")
     await expect(flash_card).to_contain_text("СРОЧНО")
@@ -313,5 +315,261 @@ async def test_a_raid_is_one_card_per_track_triaged_beside_the_plot_and_acknowle
             got = await relay.alert(alert_id, OPERATOR_TOKEN)
             assert got["state"] == "acknowledged" and got["ack"]["by"] == "Майор Иванов", got
     await expect(cards).to_have_count(17)
+    await no_sideways_scroll(page)
+    assert page_errors.errors == []
+
+
+async def acknowledge_on_page(page: Page, code: str) -> None:
+    await page.get_by_role("button", name=re.compile(rf"^Подтвердить .*\b{code}\b")).click()
+    await expect(page.locator("#acked li.track").filter(has_text=code)).to_have_count(1)
+
+
+async def test_one_alarm_rings_until_every_track_is_acknowledged_sharper_for_flash_and_waits_for_a_gesture(
+    relay: RunningRelay, browser: Browser, page_errors: PageErrors
+) -> None:
+    page = await open_board(browser, relay, page_errors)
+    body = page.locator("body")
+    await expect(body).to_have_attribute("data-alarm", "off")
+    await expect(page.locator("#sound-banner")).to_be_hidden()
+
+    # a burst: three drones at once are one alarm, one loop, not three sounds
+    burst = await post_all(relay, [
+        sighting("b-1", ago_s=40, east_km=-30, north_km=0, uav_type="multirotor"),
+        sighting("b-2", ago_s=40, east_km=30, north_km=0, uav_type="multirotor"),
+        sighting("b-3", ago_s=40, east_km=0, north_km=-30, uav_type="multirotor"),
+    ])
+    await expect(page.locator("#tracks > li.track")).to_have_count(3)
+    await expect(body).to_have_attribute("data-alarm", "ringing")
+    assert await body.get_attribute("data-alarm-plays") == "1", "one loop started, not one sound per arrival"
+    await expect(page.locator("#announce")).to_contain_text(burst[-1]["short_code"])
+
+    # a flash track makes it the sharper, faster one while it waits
+    (flash,) = await post_all(relay, [sighting("b-flash", ago_s=20, east_km=0, north_km=30, priority="flash",
+                                               uav_type="helicopter")])
+    await expect(body).to_have_attribute("data-alarm", "ringing-flash")
+    await expect(page.locator("#announce")).to_contain_text(f"СРОЧНО! Новый трек {flash['short_code']}")
+    await acknowledge_on_page(page, flash["short_code"])
+    await expect(body).to_have_attribute("data-alarm", "ringing")
+    for alert in burst[:2]:
+        await acknowledge_on_page(page, alert["short_code"])
+    await expect(body).to_have_attribute("data-alarm", "ringing")  # one still waits
+    await acknowledge_on_page(page, burst[2]["short_code"])
+    await expect(body).to_have_attribute("data-alarm", "off")
+    assert await body.get_attribute("data-conn-alarm") == "off"
+
+    # a reload: the browser lets the page sound only after a gesture; until then the banner says so
+    (later,) = await post_all(relay, [sighting("b-later", ago_s=10, east_km=-10, north_km=-40,
+                                               uav_type="fixed_wing")])
+    await expect(body).to_have_attribute("data-alarm", "ringing")
+    await page.reload()
+    await expect(page.locator("#tracks > li.track")).to_have_count(1)
+    await expect(body).to_have_attribute("data-alarm", "blocked")
+    banner = page.locator("#sound-banner")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_contain_text("ВКЛЮЧИТЕ ЗВУК")
+    await page.mouse.click(5, 60)  # anywhere
+    await expect(body).to_have_attribute("data-alarm", "ringing")
+    await expect(banner).to_be_hidden()
+
+    # a key does it too, and that first key only lets the page sound: it acknowledges nothing
+    await page.reload()
+    await expect(body).to_have_attribute("data-alarm", "blocked")
+    await page.locator("#open-h").focus()
+    await page.keyboard.press("Enter")
+    await expect(body).to_have_attribute("data-alarm", "ringing")
+    await expect(page.locator("#tracks > li.track")).to_have_count(1)
+    track = await api(relay, "GET", f"/api/v1/tracks/{(await relay.alert(later['alert_id']))['track_id']}")
+    assert not mine(track)["acknowledged"]
+    await page.keyboard.press("Enter")  # the next one does
+    await expect(page.locator("#tracks > li.track")).to_have_count(0)
+    await expect(body).to_have_attribute("data-alarm", "off")
+    assert page_errors.errors == []
+
+
+async def test_a_lost_relay_sounds_its_own_alarm_and_the_board_comes_back_by_itself(
+    broker: Mosquitto, tmp_path: Path, browser: Browser, page_errors: PageErrors
+) -> None:
+    port = free_port()
+    settings = board_config(broker, tmp_path / "data", http={"port": port, "public_url": f"http://127.0.0.1:{port}"})
+    async with running_relay(settings) as first:
+        (before,) = await post_all(first, [sighting("o-1", ago_s=30, east_km=-12, north_km=3)])
+        page = await open_board(browser, first, page_errors)
+        await expect(page.locator("#tracks > li.track")).to_have_count(1)
+        await acknowledge_on_page(page, before["short_code"])
+        body = page.locator("body")
+        await expect(body).to_have_attribute("data-alarm", "off")
+        await expect(body).to_have_attribute("data-conn-alarm", "off")
+
+    await expect(page.locator("#offline")).to_contain_text("НЕТ СВЯЗИ")
+    await expect(body).to_have_attribute("data-conn-alarm", "ringing")  # nothing new can arrive: that is heard too
+    await expect(page.locator("#conn")).to_have_text("Нет связи")
+
+    async with running_relay(settings) as second:
+        await expect(page.locator("#offline")).to_be_hidden(timeout=15_000)  # the backoff is capped at 5 s
+        await expect(body).to_have_attribute("data-conn-alarm", "off")
+        await expect(page.locator("#acked li.track").filter(has_text=before["short_code"])).to_have_count(1)
+        (after,) = await post_all(second, [sighting("o-2", ago_s=5, east_km=25, north_km=-20, uav_type="multirotor")])
+        await expect(page.locator("#tracks > li.track").filter(has_text=after["short_code"])).to_be_visible(
+            timeout=1000)
+        await expect(body).to_have_attribute("data-alarm", "ringing")
+
+        # a reload keeps the session, the board and what was looked at; the sound waits for a gesture
+        await page.locator("#tracks > li.track").first.focus()
+        await expect(page.locator("#tracks > li.track").first).not_to_have_class(re.compile(r"\bfresh\b"))
+        await page.reload()
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "online")
+        await expect(page.locator("#tracks > li.track")).to_have_count(1)
+        await expect(page.locator("#tracks > li.track").first).not_to_have_class(re.compile(r"\bfresh\b"))
+        await expect(page.locator("#acked li.track")).to_have_count(1)
+        await expect(body).to_have_attribute("data-alarm", "blocked")
+    assert page_errors.errors == []
+
+
+async def test_a_track_is_merged_and_a_report_split_out_from_its_history_each_after_a_confirmation(
+    relay: RunningRelay, browser: Browser, page_errors: PageErrors
+) -> None:
+    page_errors.expect("status of 404")  # the merged-away track, read once more
+    lone, first, second = await post_all(relay, [
+        sighting("m-a", ago_s=120, east_km=-20, north_km=10, uav_type="multirotor"),
+        sighting("m-b1", ago_s=100, east_km=20, north_km=-10, uav_type="multirotor"),
+        sighting("m-b2", ago_s=70, east_km=21, north_km=-10, uav_type="multirotor"),
+    ])
+    tracks = await open_tracks(relay)
+    assert sorted(t["reports"] for t in tracks) == [1, 2]
+    (a_id,) = [t["track_id"] for t in tracks if t["reports"] == 1]
+    (b_id,) = [t["track_id"] for t in tracks if t["reports"] == 2]
+    page = await open_board(browser, relay, page_errors)
+    await expect(page.locator("#tracks > li.track")).to_have_count(2)
+
+    # the card opens the track's history: the report, what each channel did, the delivery to this console
+    await page.locator(f"#tracks > li[data-track-id='{a_id}'] .t-codes").click()
+    dialog = page.locator("#timeline")
+    await expect(dialog).to_be_visible()
+    await expect(page.locator("#tl-h")).to_have_text(f"История трека {lone['short_code']}")
+    await expect(dialog.locator(".tl-item.kind-report")).to_contain_text("мультикоптер ×2")
+    await expect(dialog.locator(".tl-item.kind-delivered")).to_contain_text("веб-консоль: доставлено")
+
+    # merge: asked first; "Отмена" changes nothing
+    await page.get_by_label("Это тот же объект, что и трек").select_option(b_id)
+    await page.get_by_role("button", name="Объединить…").click()
+    confirm = page.locator("#tl-confirm")
+    await expect(confirm).to_contain_text(f"Объединить трек {lone['short_code']} с треком")
+    await expect(page.get_by_role("button", name="Да, объединить")).to_be_focused()
+    await page.get_by_role("button", name="Отмена").click()
+    await expect(confirm).to_be_hidden()
+    assert len(await open_tracks(relay)) == 2
+    await page.get_by_role("button", name="Объединить…").click()
+    await page.get_by_role("button", name="Да, объединить").click()
+    await expect(page.locator("#tl-status")).to_have_text("Треки объединены.")
+    await expect(page.locator("#tracks > li.track")).to_have_count(1)
+    merged = await api(relay, "GET", f"/api/v1/tracks/{b_id}")
+    assert merged["reports"] == 3 and lone["alert_id"] in merged["alert_ids"]
+    await expect(page.locator(f"#tracks > li[data-track-id='{b_id}'] .t-reports")).to_have_text("3 сообщения")
+    await expect(dialog.locator(".tl-item.kind-track_merged")).to_contain_text("Майор Иванов")
+
+    # split: the lone report is another drone after all
+    await page.get_by_role("button", name=f"Выделить сообщение {lone['short_code']} в отдельный трек").click()
+    await expect(confirm).to_contain_text(f"Выделить сообщение {lone['short_code']} в отдельный трек")
+    await page.get_by_role("button", name="Да, выделить").click()
+    await expect(page.locator("#tl-status")).to_have_text("Сообщение выделено в отдельный трек.")
+    await expect(page.locator("#tracks > li.track")).to_have_count(2)
+    split = (await relay.alert(lone["alert_id"], OPERATOR_TOKEN))["track_id"]
+    assert split not in (a_id, b_id)
+    assert (await api(relay, "GET", f"/api/v1/tracks/{split}"))["alert_ids"] == [lone["alert_id"]]
+    assert (await api(relay, "GET", f"/api/v1/tracks/{b_id}"))["alert_ids"] == [first["alert_id"], second["alert_id"]]
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    assert page_errors.errors == []
+
+
+def _png(rgb: tuple[int, int, int], size: int = 256) -> bytes:
+    """A plain square PNG, made here (a tile server's answer, nothing from elsewhere)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+async def tile_server() -> AsyncIterator[tuple[str, list[tuple[int, int, int]]]]:
+    """A tile server on 127.0.0.1: `{z}/{x}/{y}.png`, recording what was asked."""
+    asked: list[tuple[int, int, int]] = []
+    tile = _png((200, 220, 200))
+
+    async def serve(request: web.Request) -> web.Response:
+        z, x, y = (int(request.match_info[k]) for k in ("z", "x", "y"))
+        asked.append((z, x, y))
+        return web.Response(body=tile, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{z}/{x}/{y}.png", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", asked
+    finally:
+        await runner.cleanup()
+
+
+async def test_map_tiles_from_the_sites_tile_server_lie_under_the_plot_where_the_markers_are(
+    broker: Mosquitto, tmp_path: Path, browser: Browser, page_errors: PageErrors,
+    tile_server: tuple[str, list[tuple[int, int, int]]],
+) -> None:
+    tile_url, asked = tile_server
+    async with running_relay(board_config(broker, tmp_path / "data", consoles={"tile_url": tile_url})) as relay:
+        (alert,) = await post_all(relay, [sighting("t-1", ago_s=30, east_km=18, north_km=-7)])
+        page = await open_board(browser, relay, page_errors, (1920, 1080))
+        await expect(page.locator("#tracks > li.track")).to_have_count(1)
+        images = page.locator("#plot .tiles image")
+        await expect(images.first).to_be_attached()
+        plot = await page.locator("#plot").evaluate("s => ({...s.dataset})")
+        tiles = await images.evaluate_all("""is => is.map(i => ({z: +i.dataset.z, x: +i.dataset.x, y: +i.dataset.y,
+            href: i.getAttribute('href'), left: +i.getAttribute('x'), top: +i.getAttribute('y'),
+            size: +i.getAttribute('width'), loaded: i.getBBox().width > 0}))""")
+        zoom = tiles[0]["z"]
+        n = 2 ** zoom
+        width, height = 2 * float(plot["cx"]), 2 * float(plot["cy"])
+        for tile in tiles:  # each tile where the markers' projection puts its north-west corner
+            assert tile["href"] == tile_url.format(z=zoom, x=tile["x"], y=tile["y"])
+            corner_lon = tile["x"] / n * 360 - 180
+            corner_lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * tile["y"] / n))))
+            x, y = projected(plot, corner_lat, corner_lon)
+            assert abs(tile["left"] - x) < 1 and abs(tile["top"] - y) < 1, tile
+        # the tiles cover the whole plot, and the track lies on the tile that holds its position
+        assert min(t["left"] for t in tiles) <= 0 and min(t["top"] for t in tiles) <= 0
+        assert max(t["left"] + t["size"] for t in tiles) >= width and max(t["top"] + t["size"] for t in tiles) >= height
+        (track,) = await open_tracks(relay)
+        mx, my = merc(track["position"]["lat"], track["position"]["lon"])
+        under = next(t for t in tiles if (t["x"], t["y"]) == (math.floor(mx * n), math.floor(my * n)))
+        mark = page.locator(f"#plot .track[data-track-id='{track['track_id']}']")
+        x, y = float(await mark.get_attribute("data-x") or "nan"), float(await mark.get_attribute("data-y") or "nan")
+        assert under["left"] <= x <= under["left"] + under["size"] and under["top"] <= y <= under["top"] + under["size"]
+        await eventually(lambda: {(t["z"], t["x"], t["y"]) for t in tiles} <= set(asked), what="tiles fetched")
+        assert alert["short_code"] in (await mark.text_content() or "")
+    assert page_errors.errors == []
+
+
+async def test_screenshot_of_the_board_in_a_raid(
+    relay: RunningRelay, browser: Browser, page_errors: PageErrors, screenshot_dir: Path
+) -> None:
+    """The board at 1920x1080 in a raid; CONSOLE_SCREENSHOTS=docs writes docs/console-dispatcher.png."""
+    accepted = await post_all(relay, raid_reports())
+    east = next(a for a, body in zip(accepted, raid_reports(), strict=True) if body["report_id"] == "raid-e")
+    await relay.ack(east["alert_id"], by="Капитан Петров")
+    page = await open_board(browser, relay, page_errors, (1920, 1080))
+    await expect(page.locator("#tracks > li.track")).to_have_count(9)
+    await expect(page.locator("#acked > li.track")).to_have_count(1)
+    await page.locator("#open-h").focus()
+    for _ in range(4):  # the dispatcher has looked at the first four; the rest are still new
+        await page.keyboard.press("j")
+    await page.locator("#tracks > li.track").nth(1).hover()  # and points at the approaching one
+    await expect(page.locator("#plot .track.hl")).to_have_count(1)
+    await page.screenshot(path=screenshot_dir / "console-dispatcher.png")
     await no_sideways_scroll(page)
     assert page_errors.errors == []
