@@ -1,18 +1,21 @@
-"""The contract every Store implementation keeps, blind to which one it is. Parametrised: a PostgreSQL store joins
-the list and runs the same. What only SQLite has is in test_store_sqlite.py."""
+"""The contract every Store implementation keeps, blind to which one it is. Parametrised: SQLite and PostgreSQL (a
+private server the tests start, a fresh database per test) run the same. What only SQLite has is in
+test_store_sqlite.py, what only PostgreSQL has in test_store_postgres.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from relay.domain import short_code
+from relay.domain import short_code, tracks
 from relay.domain.clock import to_datetime
 from relay.domain.model import validate_report
 from relay.domain.records import (
@@ -27,8 +30,17 @@ from relay.domain.records import (
     Schedule,
 )
 from relay.domain.states import AlertState, DeliveryState
-from relay.store.base import Store
+from relay.domain.tracks import Sighting, TrackState
+from relay.store.base import Store, StoreUnavailable
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
+from tests.support.wait import eventually
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
+
+# the private PostgreSQL server and a fresh database per test (imported by pytest alone: see the plugin's notes)
+pytest_plugins = ("tests.support.postgres",)
 
 Opener = Callable[[], Awaitable[Store]]
 
@@ -37,9 +49,29 @@ async def _sqlite(tmp_path: Path) -> SQLiteStore:
     return await SQLiteStore.open(tmp_path / "store" / "relay.db")
 
 
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = await _sqlite(tmp_path)
+@dataclass
+class Backend:
+    """What a test may do to the store's backing service. `server`: None for an embedded store (SQLite has no
+    server to lose; its own failures are in test_store_sqlite.py and tests/faults/)."""
+
+    name: str
+    server: PostgresServer | None = None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "postgres":
+        return Backend("postgres", request.getfixturevalue("postgres_server"))
+    return Backend(request.param)
+
+
+@pytest.fixture
+async def store(backend: Backend, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store
+    if backend.name == "postgres":
+        s = await PostgresStore.open(request.getfixturevalue("postgres_url"))
+    else:
+        s = await _sqlite(tmp_path)
     writer = asyncio.create_task(s.run())
     try:
         yield s
@@ -235,3 +267,233 @@ async def test_pruning_deletes_old_history_in_batches_and_keeps_alerts(store: St
     assert [e.detail for e in await store.audit_log(100)] == [{"n": "recent"}]
     assert await store.first_inbound("sms", "SM-old", now)  # forgotten
     assert not await store.first_inbound("sms", "SM-new", now)  # still known
+
+
+async def test_a_console_showing_an_alert_counts_as_delivered_once_per_desk(store: Store) -> None:
+    a = (await store.accept(new_alert())).alert
+    shown = await store.mark_shown(a.alert_id, "d-1", time.time())
+    assert shown is not None and shown.newly_delivered and shown.newly_shown
+    assert shown.alert.state is AlertState.DELIVERED
+    again = await store.mark_shown(a.alert_id, "d-1", time.time())
+    assert again is not None and not again.newly_shown and not again.newly_delivered
+    other_desk = await store.mark_shown(a.alert_id, "d-2", time.time())
+    assert other_desk is not None and other_desk.newly_shown and not other_desk.newly_delivered
+    assert await store.mark_shown("no-such-alert", "d-1", time.time()) is None
+    got = await store.get_alert(a.alert_id)
+    assert got is not None
+    web = {d.desk_id: d for d in got.deliveries if d.channel == "web"}
+    assert sorted(web) == ["d-1", "d-2"]
+    assert all(d.state is DeliveryState.DELIVERED and d.delivered_at is not None for d in web.values())
+    assert [e.kind for e in await store.events(a.alert_id)] == ["accepted", "delivered"]
+
+
+# ---- tracks ---------------------------------------------------------------------------------------------
+
+
+def in_track(new: NewAlert, track: TrackState | None) -> tuple[NewAlert, TrackState]:
+    """`new` as the latest report of `track` (None: the first of a new track, named after its alert)."""
+    sighting = Sighting.of(new.alert.report)
+    estimate = tracks.start(sighting, new.alert.alert_id) if track is None else tracks.join(track, sighting)
+    return replace(new, alert=replace(new.alert, track_id=estimate.track_id), track=estimate), estimate
+
+
+async def test_a_track_reads_back_with_its_alerts_and_its_estimate(store: Store) -> None:
+    now = time.time()
+    first, est = in_track(new_alert("r-1", at=now - 30), None)
+    second, est = in_track(new_alert("r-2", at=now - 20, desks=("d-1",)), est)
+    for new in (first, second):
+        await store.accept(new)
+    lone = (await store.accept(new_alert("r-3", operator="op-2", at=now - 10, desks=("d-3",)))).alert
+    t = est.track_id
+
+    track = await store.get_track(t)
+    assert track is not None
+    assert [a.alert_id for a in track.alerts] == [first.alert.alert_id, second.alert.alert_id]  # oldest first
+    assert track.estimate == est and track.estimate.reports == 2
+    assert track.opened_at == pytest.approx(now - 30) and track.updated_at == pytest.approx(now - 20)
+    assert track.alerts[1].desks == ("d-1",) and track.alerts[0].state is AlertState.PENDING
+    assert track.merged_into is None and track.acks == ()
+    assert await store.get_track("no-such-track") is None
+
+    assert [x.track_id for x in await store.list_tracks(since=None, limit=10)] == [lone.alert_id, t]  # latest first
+    assert [x.track_id for x in await store.list_tracks(since=now - 15, limit=10)] == [lone.alert_id]
+    assert [x.track_id for x in await store.list_tracks(since=None, limit=1)] == [lone.alert_id]
+    assert [x.track_id for x in await store.list_tracks(since=None, limit=10, desk_id="d-2")] == [t]
+    assert [x.track_id for x in await store.list_tracks(since=None, limit=10, operator_id="op-2")] == [lone.alert_id]
+    recent = await store.recent_tracks(now - 25)  # by the latest report's observed_at
+    assert sorted(x.track_id for x in recent) == sorted([t, lone.alert_id])
+    assert [x.track_id for x in await store.recent_tracks(now - 15)] == [lone.alert_id]
+
+    in_it = await store.open_in_track(t)
+    assert in_it.opened_at == pytest.approx(now - 30)
+    assert [(o.alert_id, o.short_code) for o in in_it.open] == [
+        (first.alert.alert_id, first.alert.short_code), (second.alert.alert_id, second.alert.short_code)]
+    nothing = await store.open_in_track("no-such-track")
+    assert nothing.opened_at == math.inf and nothing.open == ()
+
+
+async def test_a_desk_s_ack_of_a_track_covers_what_went_to_that_desk_and_later_reports(store: Store) -> None:
+    now = time.time()
+    first, est = in_track(new_alert("r-1", at=now - 30, desks=("d-1", "d-2")), None)
+    second, est = in_track(new_alert("r-2", at=now - 20, desks=("d-2",)), est)
+    for new in (first, second):
+        await store.accept(new)
+    t = est.track_id
+    ack = AckRecord("", "d-1", "web", "Иванов", now - 5, 0.0, "10.0.0.7", via_track=True)
+    results = await store.ack_track(t, ack)
+    assert [(r.alert.alert_id, r.first, r.was_open, r.cancelled) for r in results] == [
+        (first.alert.alert_id, True, True, 2)]  # the one routed to d-1; its queued sends stopped
+    assert results[0].alert.ack is not None and results[0].alert.ack.via_track
+    assert results[0].alert.ack.latency_s == pytest.approx(25)
+    second_now = await store.get_alert(second.alert.alert_id)
+    assert second_now is not None and second_now.state is AlertState.PENDING  # not d-1's
+    track = await store.get_track(t)
+    assert track is not None and [(a.desk_id, a.by, a.via_track) for a in track.acks] == [("d-1", "Иванов", True)]
+    assert track.updated_at == pytest.approx(now - 5)
+    again = await store.ack_track(t, replace(ack, by="Петров", at=now - 4))
+    assert again == []
+    track = await store.get_track(t)
+    assert track is not None and [a.by for a in track.acks] == ["Иванов"]  # each desk's first ack is kept
+
+    # an ack of one alert acknowledges the rest of its track for that desk, in the same commit
+    d2 = await store.record_ack(AckRecord(second.alert.alert_id, "d-2", "mqtt", "Петров", now - 3, 17.0))
+    assert d2 is not None and d2.first and d2.alert.state is AlertState.ACKNOWLEDGED
+    assert d2.track == ()  # the first alert was acknowledged already (by d-1)
+    track = await store.get_track(t)
+    assert track is not None and sorted(a.desk_id for a in track.acks) == ["d-1", "d-2"]
+    assert await store.open_in_track(t) == replace(await store.open_in_track(t), open=())
+
+    # a later report every desk of which has acknowledged the track arrives acknowledged via it
+    third, est = in_track(new_alert("r-4", at=now - 2, desks=("d-1",)), est)
+    covered = replace(third.alert, state=AlertState.ACKNOWLEDGED, next_action_at=None,
+                      ack=replace(track.acks[0], alert_id=third.alert.alert_id, at=third.alert.created_at))
+    await store.accept(replace(third, alert=covered))
+    got = await store.get_alert(third.alert.alert_id)
+    assert got is not None and got.state is AlertState.ACKNOWLEDGED and got.ack is not None and got.ack.via_track
+    assert [e.kind for e in await store.events(got.alert_id)] == ["accepted", "acknowledged"]
+    assert await store.count_open() == 0
+
+
+async def test_an_ack_of_one_alert_closes_the_rest_of_its_track_for_that_desk(store: Store) -> None:
+    now = time.time()
+    first, est = in_track(new_alert("r-1", at=now - 30, desks=("d-1",)), None)
+    second, est = in_track(new_alert("r-2", at=now - 20, desks=("d-1", "d-2")), est)
+    for new in (first, second):
+        await store.accept(new)
+    result = await store.record_ack(AckRecord(first.alert.alert_id, "d-1", "sms", "Иванов", now, 30.0, "+7900"))
+    assert result is not None and result.first and result.was_open
+    assert [(r.alert.alert_id, r.alert.ack.via_track if r.alert.ack else None) for r in result.track] == [
+        (second.alert.alert_id, True)]
+    got = await store.get_alert(second.alert.alert_id)
+    assert got is not None and got.state is AlertState.ACKNOWLEDGED and got.ack is not None
+    assert (got.ack.desk_id, got.ack.channel, got.ack.via_track) == ("d-1", "sms", True)
+    assert got.ack.latency_s == pytest.approx(20)
+    assert await store.count_open() == 0
+
+
+async def test_a_merge_moves_every_alert_and_a_split_moves_one(store: Store) -> None:
+    now = time.time()
+    a1, est_a = in_track(new_alert("a-1", at=now - 40), None)
+    a2, est_a = in_track(new_alert("a-2", at=now - 30), est_a)
+    b1, est_b = in_track(new_alert("b-1", at=now - 20), None)
+    for new in (a1, a2, b1):
+        await store.accept(new)
+    merged = tracks.rebuild(est_a.track_id, [Sighting.of(n.alert.report) for n in (a1, a2, b1)])
+    await store.merge_tracks(est_b.track_id, est_a.track_id, merged, "d-1", "Петров", now - 10)
+    gone = await store.get_track(est_b.track_id)
+    assert gone is not None and gone.merged_into == est_a.track_id and gone.alerts == ()
+    into = await store.get_track(est_a.track_id)
+    assert into is not None and [a.alert_id for a in into.alerts] == [a1.alert.alert_id, a2.alert.alert_id,
+                                                                      b1.alert.alert_id]
+    assert into.estimate == merged
+    assert [t.track_id for t in await store.list_tracks(since=None, limit=10)] == [est_a.track_id]
+    moved = await store.get_alert(b1.alert.alert_id)
+    assert moved is not None and moved.track_id == est_a.track_id
+    history = await store.events(b1.alert.alert_id)
+    assert history[-1].kind == "track_merged" and history[-1].detail == {
+        "from": est_b.track_id, "into": est_a.track_id, "desk_id": "d-1", "by": "Петров"}
+
+    old = tracks.rebuild(est_a.track_id, [Sighting.of(n.alert.report) for n in (a1, b1)])
+    new = tracks.start(Sighting.of(a2.alert.report), "T-split")
+    await store.split_alert(a2.alert.alert_id, old, new, "d-2", "Сидоров", now - 5)
+    split = await store.get_track("T-split")
+    assert split is not None and [a.alert_id for a in split.alerts] == [a2.alert.alert_id]
+    assert split.estimate == new
+    left = await store.get_track(est_a.track_id)
+    assert left is not None and [a.alert_id for a in left.alerts] == [a1.alert.alert_id, b1.alert.alert_id]
+    assert left.estimate == old
+    assert (await store.events(a2.alert.alert_id))[-1].detail["into"] == "T-split"
+    audit = [e.kind for e in await store.audit_log(10)]
+    assert audit[0] == "track_split" and audit.count("track_merged") == 1
+
+
+async def test_giving_up_one_alert_of_a_track_makes_the_others_due_at_once(store: Store) -> None:
+    now = time.time()
+    first, est = in_track(new_alert("r-1", at=now - 30), None)
+    second, est = in_track(new_alert("r-2", at=now - 20), est)
+    for new in (first, second):
+        await store.accept(new)
+    await store.save_schedule(second.alert.alert_id, Schedule(now + 500, 0, None))
+    assert await store.give_up(first.alert.alert_id, now) is not None
+    due = await store.due_alerts(now, limit=10)
+    assert [a.alert_id for a in due] == [second.alert.alert_id]
+
+
+# ---- when the store cannot be reached -------------------------------------------------------------------
+
+
+async def test_while_the_server_is_down_every_call_is_store_unavailable_and_then_it_recovers(
+    store: Store, backend: Backend
+) -> None:
+    if backend.server is None:
+        pytest.skip(f"{backend.name} is embedded: no server to stop")
+    a = (await store.accept(new_alert("before"))).alert
+    backend.server.stop()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.accept(new_alert("during"))
+        with pytest.raises(StoreUnavailable):
+            await store.record_ack(AckRecord(a.alert_id, "d-1", "http", "x", time.time(), 1.0))
+        with pytest.raises(StoreUnavailable):
+            await store.get_alert(a.alert_id)
+        with pytest.raises(StoreUnavailable):
+            await store.check_writable()
+        with pytest.raises(StoreUnavailable):
+            await store.list_alerts(states=None, limit=10)
+    finally:
+        backend.server.start()
+
+    async def writable() -> bool:
+        try:
+            await store.check_writable()
+        except StoreUnavailable:
+            return False
+        return True
+
+    await eventually(writable, timeout=15, interval=0.1, what="the store writable again")
+    assert (await store.accept(new_alert("after"))).outcome is AcceptOutcome.CREATED
+    assert sorted(x.report_id for x in await store.list_alerts(states=None, limit=10)) == ["after", "before"]
+    got = await store.get_alert(a.alert_id)
+    assert got is not None and got.state is AlertState.PENDING  # the ack during the outage was not kept
+
+
+async def test_a_server_killed_mid_use_loses_nothing_committed(store: Store, backend: Backend) -> None:
+    if backend.server is None:
+        pytest.skip(f"{backend.name} is embedded: no server to kill")
+    accepted = [(await store.accept(new_alert(f"k-{n}"))).alert for n in range(20)]
+    backend.server.kill()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.accept(new_alert("while-dead"))
+    finally:
+        backend.server.start()
+    got = await eventually(lambda: _count_open_or_none(store), timeout=15, interval=0.1, what="a read again")
+    assert got == len(accepted)
+    assert (await store.accept(new_alert("k-0"))).outcome is AcceptOutcome.REPLAY
+
+
+async def _count_open_or_none(store: Store) -> int | None:
+    try:
+        return await store.count_open()
+    except StoreUnavailable:
+        return None
