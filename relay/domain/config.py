@@ -7,7 +7,8 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
+from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -17,6 +18,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -54,19 +56,55 @@ class RelaySection(Section):
 
 
 class StoreSection(Section):
+    # sqlite:///<path>: the embedded default. postgresql://user:password@host:port/dbname: a libpq URL (the password
+    # best in RELAY_STORE__URL); host1:5432,host2:5432 with ?target_session_attrs=read-write follows a switchover.
     url: str = "sqlite:///var/relay.db"
     # Audit and event rows older than this are deleted daily; alerts and their deliveries stay.
     retention_days: float = Field(90, gt=0)
+    # A relay's claim on a delivery or a timer lapses this long after it died (CONTRACT.md, "More than one relay").
+    # Unused until several relays share one PostgreSQL database (issue 16, step 2).
+    lease_s: float = Field(5, gt=0)
+
+    _SESSION_ATTRS: ClassVar[frozenset[str]] = frozenset(
+        {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"})
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        if not v.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///<path> is supported by this version")
+        if v.startswith("sqlite:///"):
+            return v
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///<path> or postgresql://user:password@host:port/dbname")
+        address, _, query = v.split("://", 1)[1].partition("?")
+        hosts = address.partition("/")[0].rpartition("@")[2]
+        for host in hosts.split(",") if hosts else []:  # no host: libpq's default (a local socket)
+            after = host.rpartition("]")[2]  # an IPv6 address is in brackets
+            port = after.partition(":")[2]
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"{host!r}: the port must be a number from 1 to 65535")
+        params = dict(parse_qsl(query))
+        attrs = params.get("target_session_attrs")
+        if attrs is not None and attrs not in cls._SESSION_ATTRS:
+            raise ValueError(f"target_session_attrs={attrs}: one of {', '.join(sorted(cls._SESSION_ATTRS))}")
         return v
+
+    @field_serializer("url", when_used="json")
+    def _masked(self, v: str) -> str:
+        """`relay check-config` shows the URL without its password."""
+        scheme, sep, rest = v.partition("://")
+        userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.split(':', 1)[0]}:**********@{rest[len(userinfo) + 1:]}"
+        return re.sub(r"(password=)[^&]*", r"\1**********", scheme + sep + rest)
+
+    @property
+    def kind(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if self.url.startswith("sqlite:///") else "postgresql"
 
     @property
     def sqlite_path(self) -> Path:
+        if self.kind != "sqlite":
+            raise ValueError(f"store.url is not a SQLite file: {self.kind}")
         return Path(self.url.removeprefix("sqlite:///"))
 
 

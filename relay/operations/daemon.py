@@ -38,12 +38,14 @@ from relay.operations.canary import Canary
 from relay.operations.retention import Retention
 from relay.operations.systemd import Notifier
 from relay.store.base import StoreUnavailable
-from relay.store.sqlite import SQLiteStore
+from relay.store.open import RunningStore, open_store
 
 log = logging.getLogger("relay.daemon")
 
 # SIGTERM/SIGINT: in-flight sends get this long to finish; whatever is left stays queued on disk.
 DRAIN_S = 5.0
+# A relay started while its database server did not answer: how often its engine asks again (doubling up to the max).
+STORE_WAIT_FIRST_S, STORE_WAIT_MAX_S = 0.25, 2.0
 
 
 def twilio_settings(settings: Settings) -> TwilioSettings:
@@ -118,12 +120,12 @@ class Relay:
         self.http_port: int | None = None
         self.metrics = Metrics()
         self.engine: Engine | None = None
-        self.store: SQLiteStore | None = None
+        self.store: RunningStore | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         topics = Topics(s.mqtt.topic_prefix)
-        store = self.store = await SQLiteStore.open(s.store.sqlite_path)
+        store = self.store = await open_store(s.store)
         bus = EventBus()
         desks = [Desk.from_config(d) for d in s.desks]
         now = self.clock.now
@@ -245,8 +247,14 @@ class Relay:
             }
             canary = Canary(canary_targets, s.canary.interval_s, self.clock, self.metrics)
             backup_tasks.append(tg.create_task(jobs.supervise("canary", canary.run), name="canary"))
-            await engine.load_tracks()
-            engine_task = tg.create_task(engine.run(), name="engine")
+            try:
+                await engine.load_tracks()
+                tracks_loaded = True
+            except StoreUnavailable as exc:  # a database server not answering: the relay starts, refusing reports
+                log.error("store unavailable at start: reports are refused until it answers",
+                          extra={"event": "store_unavailable_at_start", "error": str(exc)})
+                tracks_loaded = False
+            engine_task = tg.create_task(_engine_when_store_answers(engine, tracks_loaded), name="engine")
             dispatch_task = tg.create_task(dispatcher.run(), name="dispatch")
             events = MqttEventPublisher(bus, mqtt, topics, self.metrics)
             events_task = tg.create_task(jobs.supervise("events", events.run), name="events")
@@ -274,3 +282,20 @@ class Relay:
                 task.cancel()
                 await asyncio.wait([task])
         log.info("relay stopped", extra={"event": "relay_stopped"})
+
+
+async def _engine_when_store_answers(engine: Engine, tracks_loaded: bool) -> None:
+    """The engine, once its first reads (the tracks a report may join, the open alerts) found the store answering;
+    until then the store refuses every report (503). A report stored in the moment between the store answering and
+    these reads may start a track of its own instead of joining one (a dispatcher can merge it)."""
+    wait = STORE_WAIT_FIRST_S
+    while True:
+        try:
+            if not tracks_loaded:
+                await engine.load_tracks()
+                tracks_loaded = True
+            await engine.run()  # its scheduler handles the store's failures itself: only its first read raises
+            return
+        except StoreUnavailable:
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, STORE_WAIT_MAX_S)

@@ -207,8 +207,10 @@ class PostgresStore:
             conn = await self._acquire(wait_s)
             try:
                 version = await migrate(conn)
-            except psycopg.Error as exc:
+            except psycopg.OperationalError as exc:  # the server went away meanwhile: migrated when it is back
                 raise self._failed(exc, "migrate") from exc
+            except psycopg.Error as exc:  # a migration the server refuses: a relay that must not run on it
+                raise RuntimeError(f"database schema migration failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 await self._release(conn)
             self._schema_ready = True

@@ -184,7 +184,8 @@ class PostgresServer:
         """One statement on an admin connection kept for the purpose (a new one after a restart); its rows."""
         conn = self._admin.get(database)
         if conn is None or conn.closed or conn.broken:
-            conn = self._admin[database] = psycopg.connect(self.url(database), autocommit=True, connect_timeout=5)
+            conn = self._admin[database] = psycopg.connect(
+                self.url(database), autocommit=True, connect_timeout=5, application_name="tests-admin")
         try:
             cur = conn.execute(statement)  # type: ignore[arg-type]  # a test's own statements
             return cur.fetchall() if cur.description else []

@@ -1,0 +1,226 @@
+"""What only the PostgreSQL store has: migrations under concurrent openers, libpq URLs with several hosts, a server
+that restarts, switches over, or is not there when the relay starts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from relay.domain.config import Settings, StoreSection
+from relay.domain.records import AcceptOutcome
+from relay.operations.cli import render_config
+from relay.store import postgres_schema
+from relay.store.base import StoreUnavailable
+from relay.store.postgres import PostgresStore, connect_kwargs
+from relay.store.postgres_schema import MIGRATIONS
+from tests.support.relay import report, running_relay, settings_dict
+from tests.support.wait import eventually, free_port
+from tests.test_store_contract import new_alert
+
+if TYPE_CHECKING:
+    from tests.support.broker import Mosquitto
+    from tests.support.postgres import PostgresServer
+
+pytest_plugins = ("tests.support.postgres",)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[PostgresStore]]:
+    """Stores a test opens (append each); each one's `run` goes on until the test ends."""
+    stores: list[PostgresStore] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    class Started(list[PostgresStore]):
+        def append(self, store: PostgresStore) -> None:
+            super().append(store)
+            tasks.append(asyncio.create_task(store.run()))
+
+    started = Started(stores)
+    yield started
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+
+
+def versions(server: PostgresServer, url: str) -> list[int]:
+    database = url.rsplit("/", 1)[1].split("?")[0]
+    return [int(r[0]) for r in server.sql("SELECT version FROM schema_version ORDER BY version", database)]
+
+
+# ---- migrations ---------------------------------------------------------------------------------------
+
+
+async def test_relays_starting_at_once_migrate_the_schema_once(
+    postgres_server: PostgresServer, postgres_url: str, running: list[PostgresStore]
+) -> None:
+    stores = await asyncio.gather(*(PostgresStore.open(postgres_url) for _ in range(4)))
+    for s in stores:
+        running.append(s)
+    assert versions(postgres_server, postgres_url) == list(range(1, len(MIGRATIONS) + 1))
+    results = await asyncio.gather(*(s.accept(new_alert(f"r-{n}")) for n, s in enumerate(stores)))
+    assert all(r.outcome is AcceptOutcome.CREATED for r in results)
+    assert {await s.count_open() for s in stores} == {4}  # one database, seen alike by every relay
+
+
+async def test_a_migration_that_fails_leaves_nothing_of_itself_and_the_relay_refuses_to_run(
+    postgres_server: PostgresServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch, running: list[PostgresStore]
+) -> None:
+    running.append(await PostgresStore.open(postgres_url))
+    database = postgres_url.rsplit("/", 1)[1]
+    broken = [*MIGRATIONS, ["CREATE TABLE half_done (x integer)", "SELECT no_such_function()"]]
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", broken)
+    with pytest.raises(RuntimeError, match="migration failed: UndefinedFunction"):
+        await PostgresStore.open(postgres_url)
+    assert versions(postgres_server, postgres_url) == list(range(1, len(MIGRATIONS) + 1))
+    assert postgres_server.sql("SELECT to_regclass('half_done') IS NULL", database) == [(True,)]
+
+
+async def test_a_database_newer_than_the_relay_is_refused(
+    postgres_server: PostgresServer, postgres_url: str, running: list[PostgresStore]
+) -> None:
+    running.append(await PostgresStore.open(postgres_url))
+    database = postgres_url.rsplit("/", 1)[1]
+    postgres_server.sql(f"INSERT INTO schema_version VALUES ({len(MIGRATIONS) + 1}, 0)", database)
+    with pytest.raises(RuntimeError, match="newer than this relay knows"):
+        await PostgresStore.open(postgres_url)
+
+
+# ---- URLs -----------------------------------------------------------------------------------------------
+
+
+def test_store_urls_with_several_hosts_are_accepted_and_shown_without_their_password() -> None:
+    url = "postgresql://relay:s3cret@db-1:5432,db-2:5433,[::1]:5434/relay?target_session_attrs=read-write"
+    section = StoreSection(url=url)
+    assert section.kind == "postgresql" and section.url == url and section.lease_s == 5
+    shown = render_config(Settings(store={"url": url}))
+    assert "s3cret" not in shown
+    assert 'url = "postgresql://relay:**********@db-1:5432,db-2:5433,[::1]:5434/relay?target_session_attrs=' in shown
+    assert "password=**********" in StoreSection(url="postgresql:///relay?host=/run/pg&password=x").model_dump(
+        mode="json")["url"]
+    for bad, why in [("postgresql://relay@db-1:99999/relay", "port"),
+                     ("postgresql://db-1/relay?target_session_attrs=rw", "target_session_attrs"),
+                     ("mysql://db-1/relay", "sqlite:///")]:
+        with pytest.raises(ValueError, match=why):
+            StoreSection(url=bad)
+    with pytest.raises(ValueError, match="greater than 0"):
+        StoreSection(lease_s=0)
+
+
+def test_libpq_timeouts_are_added_where_the_url_sets_none() -> None:
+    kwargs = connect_kwargs("postgresql://relay@db-1,db-2/relay?connect_timeout=2&target_session_attrs=read-write")
+    assert kwargs["autocommit"] is True and "connect_timeout" not in kwargs  # the URL's own 2 s stays
+    assert kwargs["keepalives"] == "1" and kwargs["tcp_user_timeout"] == "10000"
+
+
+@pytest.fixture
+def standby() -> AsyncIterator[PostgresServer]:
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def make_read_only(server: PostgresServer, read_only: bool) -> None:
+    """As a switchover leaves a server: a primary demoted answers read-only, a standby promoted read-write."""
+    server.sql(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if read_only else 'off'}")
+    server.sql("SELECT pg_reload_conf()")
+
+
+async def test_a_multi_host_url_finds_the_read_write_server_and_follows_a_switchover(
+    postgres_server: PostgresServer, postgres_url: str, standby: PostgresServer, running: list[PostgresStore]
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    standby.sql(f'CREATE DATABASE "{database}"')
+    pre = await PostgresStore.open(standby.url(database))  # the standby holds the same schema (a replica would)
+    running.append(pre)
+    make_read_only(standby, True)
+    dead = free_port()  # a host that does not answer at all, listed first
+    primary = postgres_server
+    url = (f"postgresql://relay:relay-test-password@127.0.0.1:{dead},127.0.0.1:{standby.port},"
+           f"127.0.0.1:{primary.port}/{database}?target_session_attrs=read-write")
+    store = await PostgresStore.open(url)
+    running.append(store)
+    assert (await store.accept(new_alert("before"))).outcome is AcceptOutcome.CREATED
+    assert primary.sql("SELECT report_id FROM alerts", database) == [("before",)]
+
+    try:
+        make_read_only(primary, True)  # the switchover: the old primary read-only, the standby promoted
+        make_read_only(standby, False)
+
+        async def stored_after() -> bool:
+            try:
+                return (await store.accept(new_alert("after"))).outcome is not AcceptOutcome.CONFLICT
+            except StoreUnavailable:
+                return False  # a pooled connection to the old primary: dropped, the next one goes to the new
+
+        await eventually(stored_after, timeout=15, interval=0.1, what="a write on the new primary")
+        assert standby.sql("SELECT report_id FROM alerts", database) == [("after",)]
+    finally:
+        make_read_only(primary, False)
+
+
+# ---- the server restarting, or not there ----------------------------------------------------------------
+
+
+async def test_a_restart_of_the_server_while_the_relay_is_idle_costs_no_refused_report(
+    postgres_server: PostgresServer, postgres_url: str, running: list[PostgresStore]
+) -> None:
+    store = await PostgresStore.open(postgres_url)
+    running.append(store)
+    await asyncio.gather(*(store.accept(new_alert(f"warm-{n}")) for n in range(8)))  # several pooled connections
+    postgres_server.restart()
+    assert (await store.accept(new_alert("after-restart"))).outcome is AcceptOutcome.CREATED
+    assert store.last_error is None
+
+
+async def test_a_store_opened_while_the_server_is_down_connects_and_migrates_when_it_comes_up(
+    postgres_server: PostgresServer, postgres_url: str, running: list[PostgresStore]
+) -> None:
+    postgres_server.stop()
+    try:
+        store = await PostgresStore.open(postgres_url, wait_s=1)
+        running.append(store)
+        assert store.last_error is not None and "refused" in store.last_error
+        with pytest.raises(StoreUnavailable, match="refused"):
+            await store.accept(new_alert())
+    finally:
+        postgres_server.start()
+    await eventually(lambda: store.last_error is None, timeout=10, what="the store connected")
+    assert (await store.accept(new_alert())).outcome is AcceptOutcome.CREATED
+    assert versions(postgres_server, postgres_url) == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_a_relay_started_while_postgresql_is_down_answers_503_then_recovers_by_itself(
+    postgres_server: PostgresServer, postgres_url: str, broker: Mosquitto, tmp_path: Path
+) -> None:
+    settings = settings_dict(broker.port, tmp_path / "data", store={"url": postgres_url})
+    postgres_server.stop()
+    try:
+        async with running_relay(settings) as r:
+            status, body = await r.post_report(report("while-down"))
+            assert status == 503, body
+            status, ready = await r.get("/readyz")
+            assert status == 503 and any(reason.startswith("store:") for reason in ready["reasons"])
+            assert await r.metric("relay_store_up") == 0
+            postgres_server.start()
+
+            async def accepted() -> bool:
+                status, _ = await r.post_report(report("after"))
+                return status == 201
+
+            await eventually(accepted, timeout=15, interval=0.2, what="a report accepted")
+            status, _ = await r.get("/readyz")
+            assert status == 200
+            assert await r.metric("relay_store_up") == 1
+    finally:
+        if postgres_server.proc is None:
+            postgres_server.start()
