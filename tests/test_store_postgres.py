@@ -4,14 +4,26 @@ that restarts, switches over, or is not there when the relay starts."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg
 import pytest
 
+from relay.domain import tracks
 from relay.domain.config import Settings, StoreSection
-from relay.domain.records import AcceptOutcome
+from relay.domain.records import (
+    AcceptOutcome,
+    AckRecord,
+    AttemptOutcome,
+    AuthFailureTally,
+    EventRecord,
+    Schedule,
+)
+from relay.domain.states import AlertState
+from relay.domain.tracks import Sighting
 from relay.operations.cli import render_config
 from relay.store import postgres_schema
 from relay.store.base import StoreUnavailable
@@ -19,7 +31,7 @@ from relay.store.postgres import PostgresStore, connect_kwargs
 from relay.store.postgres_schema import MIGRATIONS
 from tests.support.relay import report, running_relay, settings_dict
 from tests.support.wait import eventually, free_port
-from tests.test_store_contract import new_alert
+from tests.test_store_contract import in_track, new_alert
 
 if TYPE_CHECKING:
     from tests.support.broker import Mosquitto
@@ -224,3 +236,97 @@ async def test_a_relay_started_while_postgresql_is_down_answers_503_then_recover
     finally:
         if postgres_server.proc is None:
             postgres_server.start()
+
+
+# ---- query plans ------------------------------------------------------------------------------------------
+
+BIG_TABLES = {"alerts", "deliveries", "acks", "events", "alert_desks", "auth_failures", "inbound_messages", "tracks"}
+ALLOWED_SCANS = (  # as in test_store_query_plans.py: once at start, not on the relay's paths
+    "SELECT count(*) FROM alerts WHERE state IN",
+)
+
+
+async def test_no_statement_of_the_store_reads_a_big_table_whole(
+    postgres_server: PostgresServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch, running: list[PostgresStore]
+) -> None:
+    """Every statement the store runs on the engine's and the API's paths, asked of the planner with sequential
+    scans priced out (`enable_seqscan = off`): a Seq Scan left on a big table means no index can serve it."""
+    seen: dict[str, tuple[object, ...]] = {}
+    execute, executemany = psycopg.AsyncConnection.execute, psycopg.AsyncCursor.executemany
+
+    async def traced(self: psycopg.AsyncConnection[object], query: str, params: tuple[object, ...] = (),
+                     **kwargs: object) -> object:
+        seen.setdefault(str(query), tuple(params or ()))
+        return await execute(self, query, params, **kwargs)  # type: ignore[arg-type]
+
+    async def traced_many(self: psycopg.AsyncCursor[object], query: str, params_seq: list[tuple[object, ...]],
+                          **kwargs: object) -> None:
+        rows = list(params_seq)
+        seen.setdefault(str(query), tuple(rows[0]) if rows else ())
+        await executemany(self, query, rows, **kwargs)  # type: ignore[arg-type]
+
+    store = await PostgresStore.open(postgres_url)
+    running.append(store)
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", traced)
+    monkeypatch.setattr(psycopg.AsyncCursor, "executemany", traced_many)
+    now = time.time()
+    first, est = in_track(new_alert("p-1", at=now - 60), None)
+    second, est = in_track(new_alert("p-2", at=now - 50), est)
+    for new in (first, second, new_alert("p-3", code=first.alert.short_code)):
+        await store.accept(new)
+    a, b = first.alert, second.alert
+    await store.accept(first)  # a replay
+    d = a.deliveries[0]
+    await store.start_attempt(d.delivery_id, now)
+    await store.finish_attempt(d.delivery_id, AttemptOutcome.RETRY, now, "unreachable")
+    await store.finish_attempt(d.delivery_id, AttemptOutcome.SENT, now)
+    await store.mark_delivered(a.alert_id, "d-1", "mqtt", now)
+    await store.mark_shown(a.alert_id, "d-2", now)
+    await store.delivery_report(d.delivery_id, now, delivered=False, error="30003")
+    await store.save_schedule(b.alert_id, Schedule(now - 1, 0, None))
+    await store.due_alerts(now, 100)
+    await store.next_due_at()
+    await store.alerts_with_queued("mqtt", 100)
+    await store.alerts_with_sending(100)
+    await store.start_backup_round(b.alert_id, Schedule(now + 60, 1, now), [], now)
+    await store.set_sms_opt_out("+79001234567", True, now)
+    await store.find_by_code(a.short_code, now)
+    await store.find_by_code("ZZZZ", now)
+    await store.record_ack(AckRecord(a.alert_id, "d-1", "http", "Иванов", now, 5.0))
+    await store.record_ack(AckRecord(a.alert_id, "d-2", "http", "Петров", now, 6.0))
+    await store.ack_track(est.track_id, AckRecord("", "d-2", "web", "Петров", now, 0.0, via_track=True))
+    await store.give_up(b.alert_id, now)
+    for states in (None, [AlertState.PENDING]):
+        await store.list_alerts(states=states, limit=100)
+    await store.list_alerts(states=None, limit=100, operator_id="op-1")
+    await store.list_alerts(states=None, limit=100, desk_id="d-1")
+    await store.get_track(est.track_id)
+    await store.list_tracks(since=now - 100, limit=100, operator_id="op-1", desk_id="d-1")
+    await store.recent_tracks(now - 1000)
+    await store.open_in_track(est.track_id)
+    split = tracks.start(Sighting.of(b.report), "T-split")
+    await store.split_alert(b.alert_id, est, split, "d-1", "x", now)
+    await store.merge_tracks("T-split", est.track_id, est, "d-1", "x", now)
+    await store.add_event(EventRecord("", now, "link_refused", {}))
+    await store.add_auth_failures([AuthFailureTally("auth_refused", "/x", "10.0.0.1", 1, now, now, "no token")])
+    await store.first_inbound("sms", "SM1", now)
+    await store.events(a.alert_id)
+    await store.audit_log(100)
+    await store.prune(now - 86400, 100)
+    await store.check_writable()
+    monkeypatch.undo()
+
+    database = postgres_url.rsplit("/", 1)[1]
+    postgres_server.sql("SET enable_seqscan = off", database)
+    scans = []
+    for sql, params in seen.items():
+        head = sql.lstrip().split(None, 1)[0].upper()
+        if head not in {"SELECT", "UPDATE", "DELETE", "INSERT", "WITH"} or sql.startswith(ALLOWED_SCANS):
+            continue
+        conn = postgres_server._admin[database]
+        with conn.transaction():
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql, params).fetchall())  # type: ignore[arg-type]
+        scans += [f"{line.strip()}: {sql[:200]}" for line in plan.splitlines()
+                  if "Seq Scan on " in line and line.split("Seq Scan on ")[1].split()[0] in BIG_TABLES]
+    assert len(seen) > 40
+    assert scans == [], "\n".join(scans)
