@@ -61,20 +61,20 @@ from relay.domain.states import OPEN_ALERT_STATES, AlertState, DeliveryState
 from relay.domain.tracks import Sighting, TrackState
 from relay.store.base import StoreUnavailable
 from relay.store.postgres_schema import OPEN_SQL, migrate
-from relay.store.sqlite import (  # the rows have the same columns in both stores: these name them and read them
-    _ACK_COLS,
-    _ALERT_COLS,
-    _DELIVERY_COLS,
+from relay.store.rows import (
+    ACK_COLS,
+    ALERT_COLS,
     AUDIT_KINDS,
     AUTH_FAILURE_BUCKET_S,
+    DELIVERY_COLS,
     WEB_CHANNEL,
-    _ack,
-    _ack_detail,
-    _ack_json,
-    _acks_from_json,
-    _alert,
-    _delivery,
-    _tally_event,
+    ack_detail,
+    ack_json,
+    ack_row,
+    acks_from_json,
+    alert_row,
+    delivery_row,
+    tally_event,
 )
 
 log = logging.getLogger("relay.store")
@@ -346,7 +346,7 @@ class PostgresStore:
         if states is not None:
             where.append("a.state = ANY(%s)")
             args.append([s.value for s in states])
-        cols = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
+        cols = ", ".join(f"a.{c.strip()}" for c in ALERT_COLS.split(","))
         sql = f"SELECT {cols} FROM {src}"  # noqa: S608 - only fixed fragments, values are bound
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -364,7 +364,7 @@ class PostgresStore:
         async def fetch(conn: Conn) -> list[AlertRecord]:
             rows = await _all(
                 conn,
-                f"SELECT {_ALERT_COLS} FROM alerts WHERE next_action_at <= %s AND state IN {OPEN_SQL} "  # noqa: S608
+                f"SELECT {ALERT_COLS} FROM alerts WHERE next_action_at <= %s AND state IN {OPEN_SQL} "  # noqa: S608
                 "ORDER BY next_action_at LIMIT %s",
                 (now, limit),
             )
@@ -381,7 +381,7 @@ class PostgresStore:
         async def fetch(conn: Conn) -> list[AlertRecord]:
             rows = await _all(
                 conn,
-                f"SELECT {_ALERT_COLS} FROM alerts WHERE state IN {OPEN_SQL} AND alert_id IN "  # noqa: S608
+                f"SELECT {ALERT_COLS} FROM alerts WHERE state IN {OPEN_SQL} AND alert_id IN "  # noqa: S608
                 "(SELECT alert_id FROM deliveries WHERE state = 'queued' AND channel = %s) ORDER BY alert_id LIMIT %s",
                 (channel, limit),
             )
@@ -444,7 +444,7 @@ class PostgresStore:
         async def fetch(conn: Conn) -> list[AlertRecord]:
             rows = await _all(
                 conn,
-                f"SELECT {_ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
+                f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
                 "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT %s",
                 (limit,),
             )
@@ -578,7 +578,7 @@ class PostgresStore:
 
         def build() -> list[EventRecord]:
             records = [EventRecord(r[0], r[1], r[2], json.loads(r[3])) for r in events]
-            records += [_tally_event(AuthFailureTally(*t)) for t in tallies]
+            records += [tally_event(AuthFailureTally(*t)) for t in tallies]
             return sorted(records, key=lambda e: e.at, reverse=True)[:limit]
 
         return await self._build(build)
@@ -662,7 +662,7 @@ async def _op_accept(conn: Conn, new: NewAlert) -> Accepted:
     await _save_track(conn, new.track_estimate(), a.created_at)
     if a.ack is not None:  # it joined a track its desk has acknowledged
         await _insert_ack(conn, a.ack, first=True)
-        await _insert_event(conn, EventRecord(a.alert_id, a.created_at, "acknowledged", {**_ack_detail(a.ack),
+        await _insert_event(conn, EventRecord(a.alert_id, a.created_at, "acknowledged", {**ack_detail(a.ack),
                                                                                         "via_track": True}))
     async with conn.cursor() as cur:
         await cur.executemany(
@@ -683,7 +683,7 @@ async def _add_deliveries(conn: Conn, deliveries: Iterable[DeliveryRecord], at: 
         return
     async with conn.cursor() as cur:
         await cur.executemany(
-            f"INSERT INTO deliveries ({_DELIVERY_COLS}, updated_at) "  # noqa: S608
+            f"INSERT INTO deliveries ({DELIVERY_COLS}, updated_at) "  # noqa: S608
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             rows,
         )
@@ -700,9 +700,9 @@ async def _lock_alert_of(conn: Conn, delivery_id: str) -> tuple[DeliveryRecord, 
     )
     if locked is None:
         return None
-    row = await _one(conn, f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE delivery_id = %s", (delivery_id,))  # noqa: S608
+    row = await _one(conn, f"SELECT {DELIVERY_COLS} FROM deliveries WHERE delivery_id = %s", (delivery_id,))  # noqa: S608
     assert row is not None
-    return _delivery(row), AlertState(locked[0])
+    return delivery_row(row), AlertState(locked[0])
 
 
 async def _update_delivery(conn: Conn, d: DeliveryRecord, at: float) -> DeliveryRecord:
@@ -749,9 +749,9 @@ async def _op_mark_delivered(
 ) -> ReceiptResult | None:
     alert = await _read_alert(conn, alert_id, full=False, lock=True)
     rows = [
-        _delivery(r) for r in await _all(
+        delivery_row(r) for r in await _all(
             conn,
-            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = %s AND desk_id = %s AND channel = %s",  # noqa: S608
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id = %s AND desk_id = %s AND channel = %s",  # noqa: S608
             (alert_id, desk_id, channel),
         )
         if target is None or r[4] == target
@@ -794,7 +794,7 @@ async def _op_record_ack(conn: Conn, ack: AckRecord) -> AckResult | None:
     closed = transitions.acknowledged(alert, ack)
     await _insert_ack(conn, ack, first=closed is not None)
     if closed is None:
-        await _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", _ack_detail(ack)))
+        await _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", ack_detail(ack)))
         return AckResult(first=False, alert=alert)
     first = await _close_acked(conn, alert, closed)
     others = await _op_ack_track(conn, alert.track_id, ack)
@@ -815,7 +815,7 @@ async def _close_acked(conn: Conn, alert: AlertRecord, closed: AlertRecord) -> A
     assert ack is not None
     await _save_alert_state(conn, closed, closed_at=ack.at)
     cancelled = await _cancel_queued(conn, ack.alert_id, ack.at)
-    detail = {**_ack_detail(ack), "cancelled": cancelled, **({"via_track": True} if ack.via_track else {})}
+    detail = {**ack_detail(ack), "cancelled": cancelled, **({"via_track": True} if ack.via_track else {})}
     await _insert_event(conn, EventRecord(ack.alert_id, ack.at, "acknowledged", detail))
     return AckResult(first=True, alert=closed, was_open=alert.state in OPEN_ALERT_STATES, cancelled=cancelled)
 
@@ -825,11 +825,11 @@ async def _op_ack_track(conn: Conn, track_id: str, ack: AckRecord) -> list[AckRe
     for its later alerts; the results of the alerts it closed. Its alerts are locked in alert_id order."""
     rows = await _all(
         conn,
-        f"SELECT {_ALERT_COLS} FROM alerts WHERE track_id = %s AND state != 'acknowledged' "  # noqa: S608
+        f"SELECT {ALERT_COLS} FROM alerts WHERE track_id = %s AND state != 'acknowledged' "  # noqa: S608
         "ORDER BY alert_id FOR UPDATE",
         (track_id,),
     )
-    alerts = [_alert(r, (), None) for r in rows]
+    alerts = [alert_row(r, (), None) for r in rows]
     results = []
     for closed in transitions.track_acks(ack, alerts):
         assert closed.ack is not None
@@ -840,7 +840,7 @@ async def _op_ack_track(conn: Conn, track_id: str, ack: AckRecord) -> list[AckRe
     await conn.execute(
         "UPDATE tracks SET acks = CASE WHEN acks ? %s THEN acks ELSE acks || jsonb_build_object(%s::text, %s::jsonb) "
         "END, updated_at = greatest(updated_at, %s) WHERE track_id = %s",
-        (ack.desk_id, ack.desk_id, json.dumps(_ack_json(ack), ensure_ascii=False), ack.at, track_id),
+        (ack.desk_id, ack.desk_id, json.dumps(ack_json(ack), ensure_ascii=False), ack.at, track_id),
     )
     return results
 
@@ -848,8 +848,8 @@ async def _op_ack_track(conn: Conn, track_id: str, ack: AckRecord) -> list[AckRe
 async def _cancel_queued(conn: Conn, alert_id: str, at: float) -> int:
     """Under the alert's lock (its deliveries change only under it)."""
     queued = [
-        _delivery(r) for r in await _all(
-            conn, f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = %s AND state = 'queued'", (alert_id,)  # noqa: S608
+        delivery_row(r) for r in await _all(
+            conn, f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id = %s AND state = 'queued'", (alert_id,)  # noqa: S608
         )
     ]
     cancelled = transitions.cancel_queued(queued)
@@ -873,10 +873,10 @@ async def _op_start_backup_round(
         return None
     await _op_save_schedule(conn, alert_id, schedule)
     existing_rows = await conn.execute(
-        f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = %s", (alert_id,)  # noqa: S608
+        f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id = %s", (alert_id,)  # noqa: S608
     )
     opted_rows = await conn.execute("SELECT phone FROM sms_opt_outs")
-    existing = {r[0]: _delivery(r) for r in await existing_rows.fetchall()}
+    existing = {r[0]: delivery_row(r) for r in await existing_rows.fetchall()}
     opted_out = {("sms", r[0]) for r in await opted_rows.fetchall()}
     round_ = transitions.backup_round(existing, deliveries, opted_out, at)
     await _add_deliveries(conn, round_.created, at)
@@ -1030,7 +1030,7 @@ def _tracks(rows: list[Row], member_rows: list[Row]) -> list[TrackRecord]:
         else:  # no estimate stored (an import of alerts from before tracks): its estimate is its reports
             estimate = tracks.rebuild(row[0], [m.sighting for m in alerts]) if alerts else tracks.start(
                 Sighting(observed_at=row[2], lat=0.0, lon=0.0), row[0])
-        out.append(TrackRecord(row[0], estimate, row[2], row[3], _acks_from_json(row[4]), row[5], alerts))
+        out.append(TrackRecord(row[0], estimate, row[2], row[3], acks_from_json(row[4]), row[5], alerts))
     return out
 
 
@@ -1063,13 +1063,13 @@ async def _op_split_alert(
 async def _read_alert(conn: Conn, alert_id: str, *, full: bool = True, lock: bool = False) -> AlertRecord | None:
     """`lock`: the row stays locked to the end of the transaction (an operation about to decide on it)."""
     found = await conn.execute(
-        f"SELECT {_ALERT_COLS} FROM alerts WHERE alert_id = %s" + (" FOR UPDATE" if lock else ""),  # noqa: S608
+        f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id = %s" + (" FOR UPDATE" if lock else ""),  # noqa: S608
         (alert_id,),
     )
     if not full:
-        ack = await conn.execute(f"SELECT {_ACK_COLS} FROM acks WHERE alert_id = %s AND first", (alert_id,))  # noqa: S608
+        ack = await conn.execute(f"SELECT {ACK_COLS} FROM acks WHERE alert_id = %s AND first", (alert_id,))  # noqa: S608
         row, first = await found.fetchone(), await ack.fetchone()
-        return None if row is None else _alert(row, (), _ack(first) if first else None)
+        return None if row is None else alert_row(row, (), ack_row(first) if first else None)
     row = await found.fetchone()
     if row is None:
         return None
@@ -1081,10 +1081,10 @@ async def _hydration(conn: Conn, ids: list[str]) -> tuple[list[Row], list[Row]]:
     if not ids:
         return [], []
     deliveries = await conn.execute(
-        f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ANY(%s) ORDER BY desk_id, channel, target",  # noqa: S608
+        f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id = ANY(%s) ORDER BY desk_id, channel, target",  # noqa: S608
         (ids,),
     )
-    acks = await conn.execute(f"SELECT {_ACK_COLS} FROM acks WHERE alert_id = ANY(%s) AND first", (ids,))  # noqa: S608
+    acks = await conn.execute(f"SELECT {ACK_COLS} FROM acks WHERE alert_id = ANY(%s) AND first", (ids,))  # noqa: S608
     return await deliveries.fetchall(), await acks.fetchall()
 
 
@@ -1095,7 +1095,7 @@ async def _hydrate(conn: Conn, rows: list[Row]) -> list[AlertRecord]:
 def _alerts(rows: list[Row], delivery_rows: list[Row], ack_rows: list[Row]) -> list[AlertRecord]:
     deliveries: dict[str, list[DeliveryRecord]] = {r[0]: [] for r in rows}
     for d in delivery_rows:
-        deliveries[d[1]].append(_delivery(d))
-    acks = {a[0]: _ack(a) for a in ack_rows}
-    return [_alert(r, tuple(deliveries[r[0]]), acks.get(r[0])) for r in rows]
+        deliveries[d[1]].append(delivery_row(d))
+    acks = {a[0]: ack_row(a) for a in ack_rows}
+    return [alert_row(r, tuple(deliveries[r[0]]), acks.get(r[0])) for r in rows]
 

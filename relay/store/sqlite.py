@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from relay.domain import tracks, transitions
-from relay.domain.clock import to_datetime
 from relay.domain.model import Priority, stored_report
 from relay.domain.records import (
     Accepted,
@@ -48,6 +47,21 @@ from relay.domain.records import (
 from relay.domain.states import OPEN_ALERT_STATES, AlertState, DeliveryState
 from relay.domain.tracks import Sighting, TrackState
 from relay.store.base import StoreUnavailable
+from relay.store.rows import (
+    ACK_COLS,
+    ALERT_COLS,
+    AUDIT_KINDS,
+    AUTH_FAILURE_BUCKET_S,
+    DELIVERY_COLS,
+    WEB_CHANNEL,
+    ack_detail,
+    ack_json,
+    ack_row,
+    acks_from_json,
+    alert_row,
+    delivery_row,
+    tally_event,
+)
 from relay.store.sqlite_schema import migrate
 
 log = logging.getLogger("relay.store")
@@ -67,17 +81,7 @@ class _Write:
     durable: bool = True
 
 MAX_BATCH = 2000
-WEB_CHANNEL = "web"  # a desk's browser console: not a channel the relay sends on, one that says what it shows
 _OPEN_SQL = "('pending', 'delivered')"
-_ALERT_COLS = (
-    "alert_id, report_id, operator_id, short_code, state, priority, stale, created_at, report_json, "
-    "desks_json, next_action_at, backup_rounds, last_backup_at, track_id"
-)
-_DELIVERY_COLS = (
-    "delivery_id, alert_id, desk_id, channel, target, state, attempts, sent_at, delivered_at, error, permanent, "
-    "attempted_at"
-)
-_ACK_COLS = "alert_id, desk_id, channel, by, at, latency_s, source, via_track"
 _TRACK_COLS = "track_id, estimate_json, opened_at, updated_at, acks_json, merged_into"
 # The API's heavy reads run in this many threads, each on its own read-only connection (see `_read_off`).
 READ_THREADS = 1
@@ -89,9 +93,7 @@ LOOP_SWITCH_INTERVAL_S = 0.0005
 READ_BUSY_TIMEOUT_MS = 2000  # a WAL reader waits for a lock only in rare moments (recovery, a WAL restart)
 READ_DEADLINE_S = 5.0  # a read running longer is interrupted: StoreUnavailable, not a thread held for ever
 HYDRATE_CHUNK = 500  # ids per `IN (...)` when deliveries and acks are read for many alerts
-AUDIT_KINDS = ("acknowledged", "duplicate_ack", "ack_refused", "webhook_refused", "link_refused", "track_merged",
-               "track_split")
-AUTH_FAILURE_BUCKET_S = 3600.0
+
 
 
 def _read_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -368,7 +370,7 @@ class SQLiteStore:
         if states is not None:
             where.append(f"a.state IN ({','.join('?' * len(states))})")
             args.extend(s.value for s in states)
-        cols = ", ".join(f"a.{c.strip()}" for c in _ALERT_COLS.split(","))
+        cols = ", ".join(f"a.{c.strip()}" for c in ALERT_COLS.split(","))
         sql = f"SELECT {cols} FROM {src}"  # noqa: S608 - only fixed fragments, values are bound
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -380,7 +382,7 @@ class SQLiteStore:
     async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]:
         conn = self._read()
         rows = conn.execute(
-            f"SELECT {_ALERT_COLS} FROM alerts WHERE next_action_at <= ? AND state IN {_OPEN_SQL} "  # noqa: S608
+            f"SELECT {ALERT_COLS} FROM alerts WHERE next_action_at <= ? AND state IN {_OPEN_SQL} "  # noqa: S608
             "ORDER BY next_action_at LIMIT ?",
             (now, limit),
         ).fetchall()
@@ -397,7 +399,7 @@ class SQLiteStore:
     async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
         conn = self._read()
         rows = conn.execute(
-            f"SELECT {_ALERT_COLS} FROM alerts WHERE state IN {_OPEN_SQL} AND alert_id IN "  # noqa: S608
+            f"SELECT {ALERT_COLS} FROM alerts WHERE state IN {_OPEN_SQL} AND alert_id IN "  # noqa: S608
             "(SELECT alert_id FROM deliveries WHERE state = 'queued' AND channel = ?) ORDER BY alert_id LIMIT ?",
             (channel, limit),
         ).fetchall()
@@ -461,7 +463,7 @@ class SQLiteStore:
         # closed ones too: the dispatcher sends what is still worth sending and cancels the rest (a restart must
         # not leave a delivery "sending" for ever)
         rows = conn.execute(
-            f"SELECT {_ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
+            f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
             "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT ?",
             (limit,),
         ).fetchall()
@@ -562,7 +564,7 @@ class SQLiteStore:
                 "SELECT kind, endpoint, source, count, first_at, last_at, reason FROM auth_failures "
                 "ORDER BY last_at DESC LIMIT ?", (limit,),
             ).fetchall()
-            records += [_tally_event(AuthFailureTally(*t)) for t in tallies]
+            records += [tally_event(AuthFailureTally(*t)) for t in tallies]
             return sorted(records, key=lambda e: e.at, reverse=True)[:limit]
 
         return await self._read_off(read)
@@ -610,7 +612,7 @@ def _op_accept(conn: sqlite3.Connection, new: NewAlert) -> Accepted:
     _save_track(conn, new.track_estimate(), a.created_at)
     if a.ack is not None:  # it joined a track its desk has acknowledged
         _insert_ack(conn, a.ack, first=True)
-        _insert_event(conn, EventRecord(a.alert_id, a.created_at, "acknowledged", {**_ack_detail(a.ack),
+        _insert_event(conn, EventRecord(a.alert_id, a.created_at, "acknowledged", {**ack_detail(a.ack),
                                                                                   "via_track": True}))
     conn.executemany(
         "INSERT INTO alert_desks (desk_id, alert_id) VALUES (?, ?)", [(desk, a.alert_id) for desk in a.desks]
@@ -628,7 +630,7 @@ def _code_taken(conn: sqlite3.Connection, code: str) -> bool:
 
 def _op_add_deliveries(conn: sqlite3.Connection, deliveries: Iterable[DeliveryRecord], at: float) -> None:
     conn.executemany(
-        f"INSERT INTO deliveries ({_DELIVERY_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO deliveries ({DELIVERY_COLS}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
         [
             (d.delivery_id, d.alert_id, d.desk_id, d.channel, d.target, d.state.value, d.attempts,
              d.sent_at, d.delivered_at, d.error, int(d.permanent), d.attempted_at, at)
@@ -638,7 +640,7 @@ def _op_add_deliveries(conn: sqlite3.Connection, deliveries: Iterable[DeliveryRe
 
 
 _DELIVERY_AND_ALERT_STATE_SQL = (
-    f"SELECT {', '.join('d.' + c.strip() for c in _DELIVERY_COLS.split(','))}, a.state "  # noqa: S608
+    f"SELECT {', '.join('d.' + c.strip() for c in DELIVERY_COLS.split(','))}, a.state "  # noqa: S608
     "FROM deliveries d JOIN alerts a ON a.alert_id = d.alert_id WHERE d.delivery_id = ?"
 )
 
@@ -649,7 +651,7 @@ def _delivery_and_alert_state(
     row = conn.execute(_DELIVERY_AND_ALERT_STATE_SQL, (delivery_id,)).fetchone()
     if row is None:
         return None
-    return _delivery(row[:-1]), AlertState(row[-1])
+    return delivery_row(row[:-1]), AlertState(row[-1])
 
 
 def _update_delivery(conn: sqlite3.Connection, d: DeliveryRecord, at: float) -> DeliveryRecord:
@@ -695,8 +697,8 @@ def _op_mark_delivered(
     conn: sqlite3.Connection, alert_id: str, desk_id: str, channel: str, at: float, target: str | None = None
 ) -> ReceiptResult | None:
     rows = [
-        _delivery(r) for r in conn.execute(
-            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND desk_id = ? AND channel = ?",  # noqa: S608
+        delivery_row(r) for r in conn.execute(
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND desk_id = ? AND channel = ?",  # noqa: S608
             (alert_id, desk_id, channel),
         )
         if target is None or r[4] == target
@@ -740,15 +742,11 @@ def _op_record_ack(conn: sqlite3.Connection, ack: AckRecord) -> AckResult | None
     closed = transitions.acknowledged(alert, ack)
     _insert_ack(conn, ack, first=closed is not None)
     if closed is None:
-        _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", _ack_detail(ack)))
+        _insert_event(conn, EventRecord(ack.alert_id, ack.at, "duplicate_ack", ack_detail(ack)))
         return AckResult(first=False, alert=alert)
     first = _close_acked(conn, alert, closed)
     others = _op_ack_track(conn, alert.track_id, ack)
     return replace(first, track=tuple(others))
-
-
-def _ack_detail(ack: AckRecord) -> dict[str, Any]:
-    return {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "from": ack.source}
 
 
 def _insert_ack(conn: sqlite3.Connection, ack: AckRecord, *, first: bool) -> None:
@@ -765,7 +763,7 @@ def _close_acked(conn: sqlite3.Connection, alert: AlertRecord, closed: AlertReco
     assert ack is not None
     _save_alert_state(conn, closed, closed_at=ack.at)
     cancelled = _cancel_queued(conn, ack.alert_id, ack.at)
-    detail = {**_ack_detail(ack), "cancelled": cancelled, **({"via_track": True} if ack.via_track else {})}
+    detail = {**ack_detail(ack), "cancelled": cancelled, **({"via_track": True} if ack.via_track else {})}
     _insert_event(conn, EventRecord(ack.alert_id, ack.at, "acknowledged", detail))
     return AckResult(first=True, alert=closed, was_open=alert.state in OPEN_ALERT_STATES, cancelled=cancelled)
 
@@ -774,10 +772,10 @@ def _op_ack_track(conn: sqlite3.Connection, track_id: str, ack: AckRecord) -> li
     """The rest of the track acknowledged with `ack` (see transitions.track_acks), and the ack kept on the track
     for its later alerts; the results of the alerts it closed."""
     rows = conn.execute(
-        f"SELECT {_ALERT_COLS} FROM alerts WHERE track_id = ? AND state != 'acknowledged' ORDER BY alert_id",  # noqa: S608
+        f"SELECT {ALERT_COLS} FROM alerts WHERE track_id = ? AND state != 'acknowledged' ORDER BY alert_id",  # noqa: S608
         (track_id,),
     ).fetchall()
-    alerts = [_alert(r, (), None) for r in rows]
+    alerts = [alert_row(r, (), None) for r in rows]
     results = []
     for closed in transitions.track_acks(ack, alerts):
         assert closed.ack is not None
@@ -788,7 +786,7 @@ def _op_ack_track(conn: sqlite3.Connection, track_id: str, ack: AckRecord) -> li
     conn.execute(
         "UPDATE tracks SET acks_json = CASE WHEN json_type(acks_json, ?) IS NULL THEN json_set(acks_json, ?, json(?)) "
         "ELSE acks_json END, updated_at = max(updated_at, ?) WHERE track_id = ?",
-        (_desk_path(ack.desk_id), _desk_path(ack.desk_id), json.dumps(_ack_json(ack), ensure_ascii=False), ack.at,
+        (_desk_path(ack.desk_id), _desk_path(ack.desk_id), json.dumps(ack_json(ack), ensure_ascii=False), ack.at,
          track_id),
     )
     return results
@@ -796,8 +794,8 @@ def _op_ack_track(conn: sqlite3.Connection, track_id: str, ack: AckRecord) -> li
 
 def _cancel_queued(conn: sqlite3.Connection, alert_id: str, at: float) -> int:
     queued = [
-        _delivery(r) for r in conn.execute(
-            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND state = 'queued'", (alert_id,)  # noqa: S608
+        delivery_row(r) for r in conn.execute(
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id = ? AND state = 'queued'", (alert_id,)  # noqa: S608
         )
     ]
     cancelled = transitions.cancel_queued(queued)
@@ -821,8 +819,8 @@ def _op_start_backup_round(
         return None
     _op_save_schedule(conn, alert_id, schedule)
     existing = {
-        r[0]: _delivery(r)
-        for r in conn.execute(f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id = ?", (alert_id,))  # noqa: S608
+        r[0]: delivery_row(r)
+        for r in conn.execute(f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id = ?", (alert_id,))  # noqa: S608
     }
     opted_out = {("sms", r[0]) for r in conn.execute("SELECT phone FROM sms_opt_outs")}
     round_ = transitions.backup_round(existing, deliveries, opted_out, at)
@@ -838,10 +836,10 @@ def _op_start_backup_round(
 def _op_delivery_report(
     conn: sqlite3.Connection, delivery_id: str, at: float, delivered: bool, error: str | None
 ) -> ReceiptResult | None:
-    row = conn.execute(f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()  # noqa: S608
+    row = conn.execute(f"SELECT {DELIVERY_COLS} FROM deliveries WHERE delivery_id = ?", (delivery_id,)).fetchone()  # noqa: S608
     if row is None:
         return None
-    d = _delivery(row)
+    d = delivery_row(row)
     if delivered:
         return _op_mark_delivered(conn, d.alert_id, d.desk_id, d.channel, at, target=d.target)
     changed = transitions.undelivered(d, error)
@@ -902,13 +900,6 @@ def _op_add_auth_failures(conn: sqlite3.Connection, tallies: list[AuthFailureTal
     )
 
 
-def _tally_event(t: AuthFailureTally) -> EventRecord:
-    return EventRecord("", t.last_at, t.kind, {
-        "endpoint": t.endpoint, "from": t.source, "count": t.count, "reason": t.reason,
-        "first_at": to_datetime(t.first_at).isoformat(), "last_at": to_datetime(t.last_at).isoformat(),
-    })
-
-
 def _op_first_inbound(conn: sqlite3.Connection, channel: str, message_id: str, at: float) -> bool:
     cur = conn.execute(
         "INSERT INTO inbound_messages (channel, message_id, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -945,19 +936,8 @@ def _save_track(conn: sqlite3.Connection, estimate: TrackState, at: float) -> No
     )
 
 
-def _ack_json(ack: AckRecord) -> dict[str, Any]:
-    return {"desk_id": ack.desk_id, "channel": ack.channel, "by": ack.by, "at": ack.at, "source": ack.source}
-
-
 def _desk_path(desk_id: str) -> str:
     return "$." + json.dumps(desk_id)  # a desk id is 1-64 of A-Za-z0-9._- (config): quoted, a dot stays in the key
-
-
-def _acks_from_json(text: str | None) -> tuple[AckRecord, ...]:
-    return tuple(
-        AckRecord("", d["desk_id"], d["channel"], d["by"], d["at"], 0.0, d.get("source", ""), via_track=True)
-        for d in sorted(json.loads(text or "{}").values(), key=lambda d: d["at"])
-    )
 
 
 _OPEN_IN_TRACK_SQL = (
@@ -985,7 +965,7 @@ def _track(conn: sqlite3.Connection, row: Sequence[Any]) -> TrackRecord:
     else:  # an alert from before tracks were stored: its estimate is its report
         estimate = tracks.rebuild(row[0], [m.sighting for m in members]) if members else tracks.start(
             Sighting(observed_at=row[2], lat=0.0, lon=0.0), row[0])
-    return TrackRecord(row[0], estimate, row[2], row[3], _acks_from_json(row[4]), row[5], members)
+    return TrackRecord(row[0], estimate, row[2], row[3], acks_from_json(row[4]), row[5], members)
 
 
 def _read_track(conn: sqlite3.Connection, track_id: str) -> TrackRecord | None:
@@ -1018,14 +998,6 @@ def _op_split_alert(
 # ---- reading rows into records ------------------------------------------------------------------------
 
 
-def _delivery(row: Sequence[Any]) -> DeliveryRecord:
-    return DeliveryRecord(
-        delivery_id=row[0], alert_id=row[1], desk_id=row[2], channel=row[3], target=row[4],
-        state=DeliveryState(row[5]), attempts=row[6], sent_at=row[7], delivered_at=row[8], error=row[9],
-        permanent=bool(row[10]), attempted_at=row[11],
-    )
-
-
 def _events(conn: sqlite3.Connection, alert_id: str) -> list[EventRecord]:
     accepted = conn.execute("SELECT created_at, source FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()
     if accepted is None:
@@ -1039,14 +1011,14 @@ def _events(conn: sqlite3.Connection, alert_id: str) -> list[EventRecord]:
 
 
 def _read_alert(conn: sqlite3.Connection, alert_id: str, *, full: bool = True) -> AlertRecord | None:
-    row = conn.execute(f"SELECT {_ALERT_COLS} FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()  # noqa: S608
+    row = conn.execute(f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone()  # noqa: S608
     if row is None:
         return None
     if not full:
         ack = conn.execute(
-            f"SELECT {_ACK_COLS} FROM acks WHERE alert_id = ? AND first = 1", (alert_id,)  # noqa: S608
+            f"SELECT {ACK_COLS} FROM acks WHERE alert_id = ? AND first = 1", (alert_id,)  # noqa: S608
         ).fetchone()
-        return _alert(row, (), _ack(ack) if ack else None)
+        return alert_row(row, (), ack_row(ack) if ack else None)
     return _hydrate(conn, [row])[0]
 
 
@@ -1060,27 +1032,13 @@ def _hydrate(conn: sqlite3.Connection, rows: list[Any]) -> list[AlertRecord]:
         chunk = ids[at:at + HYDRATE_CHUNK]
         marks = ",".join("?" * len(chunk))
         for d in conn.execute(
-            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE alert_id IN ({marks}) "  # noqa: S608
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE alert_id IN ({marks}) "  # noqa: S608
             "ORDER BY desk_id, channel, target",
             chunk,
         ):
-            deliveries[d[1]].append(_delivery(d))
+            deliveries[d[1]].append(delivery_row(d))
         for a in conn.execute(
-            f"SELECT {_ACK_COLS} FROM acks WHERE alert_id IN ({marks}) AND first = 1", chunk  # noqa: S608
+            f"SELECT {ACK_COLS} FROM acks WHERE alert_id IN ({marks}) AND first = 1", chunk  # noqa: S608
         ):
-            acks[a[0]] = _ack(a)
-    return [_alert(r, tuple(deliveries[r[0]]), acks.get(r[0])) for r in rows]
-
-
-def _alert(row: Sequence[Any], deliveries: tuple[DeliveryRecord, ...], ack: AckRecord | None) -> AlertRecord:
-    return AlertRecord(
-        alert_id=row[0], report_id=row[1], operator_id=row[2], short_code=row[3], state=AlertState(row[4]),
-        priority=Priority(row[5]), stale=bool(row[6]), created_at=row[7], report=stored_report(row[8]),
-        desks=tuple(json.loads(row[9])), deliveries=deliveries, ack=ack, next_action_at=row[10],
-        backup_rounds=row[11], last_backup_at=row[12], track_id=row[13],
-    )
-
-
-def _ack(row: Sequence[Any]) -> AckRecord:
-    return AckRecord(alert_id=row[0], desk_id=row[1], channel=row[2], by=row[3], at=row[4], latency_s=row[5],
-                     source=row[6], via_track=bool(row[7]))
+            acks[a[0]] = ack_row(a)
+    return [alert_row(r, tuple(deliveries[r[0]]), acks.get(r[0])) for r in rows]
