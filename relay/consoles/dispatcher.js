@@ -251,6 +251,7 @@ function paintCounts(waiting, all) {
   $('count-flash').textContent = t('board.count_flash', {n: flash});
   $('count-flash').classList.toggle('alarm', flash > 0);
   $('count-approaching').textContent = t('board.count_approaching', {n: approaching});
+  $('count-approaching').classList.toggle('warn', approaching > 0);
   $('count-all').textContent = t('board.count_all', {n: all.length});
   // the newest arrival first: the one the dispatcher has not seen yet is most likely the one that just came
   const fresh = waiting.filter(isFresh).sort((a, b) => (arrived.get(b.id) || 0) - (arrived.get(a.id) || 0));

@@ -188,7 +188,7 @@ export class Plot {
     for (const part of RINGS) {
       const km = this.km * part;
       parts.push(svg('circle', {class: 'ring', cx, cy, r: r * part, dataset: {km: String(km)}}));
-      parts.push(svg('text', {class: 'ring-label', x: cx + 4, y: cy - r * part - 4,
+      parts.push(svg('text', {class: 'ring-label', x: cx - 5, y: cy - r * part + 15,
         text: this.t('board.plot.ring', {km})}));
     }
     if (this.airfield) {

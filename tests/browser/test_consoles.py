@@ -275,7 +275,7 @@ async def test_login_takes_one_token_of_the_right_role(
     await expect(page.locator("#app")).to_be_hidden()
     await token.fill(DESK_TOKEN)
     await token.press("Enter")
-    await expect(page.locator("#who")).to_have_text("Пост: airfield-1")
+    await expect(page.locator("#who")).to_have_text("Пост: airfield-1 (Аэродром-1)")  # its name from the session
     # kept for this tab only: a reload stays logged in, "Выйти" forgets the token
     await page.reload()
     await expect(page.locator("#app")).to_be_visible()
