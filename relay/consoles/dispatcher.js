@@ -15,6 +15,7 @@ const RENDER_MS = 5000; // stale marks, ETAs in minutes, the plot
 const LOOK_MS = 700; // pointing at a card this long is looking at it (passing over it is not)
 const BY_KEY = 'uav-relay.desk.by';
 const LOOKED_KEY = 'uav-relay.desk.looked';
+const OPEN_STATES = new Set(['pending', 'delivered']);
 
 const tracks = new AlertTable('track_id');
 const alerts = new AlertTable();
@@ -24,7 +25,8 @@ const looked = new Set(readJson(sessionStorage.getItem(LOOKED_KEY), [])); // tra
 const received = new Set(); // alerts confirmed to the relay as shown
 const knownAlerts = new Set(); // alerts this page has shown: the next one is an arrival, announced
 const arrived = new Map(); // track_id -> when this page first showed it
-let loaded = false;
+let haveData = false; // the relay's lists have been read once
+let loaded = false; // ... and announced
 let views = [];
 let session = null;
 let desk = null; // GET /console/session: {id, name, area, tile_url, join_window_s}
@@ -86,8 +88,18 @@ async function reload() {
   }
   // no longer listed: closed, or merged into another, while nothing told this page
   for (const track of tracks.all()) if (!listed.has(track.track_id)) forgetTrack(track.track_id, trackTicket);
-  for (const answer of answers.slice(2)) for (const alert of answer.data.alerts) alerts.put(alert, alertTicket);
+  const openNow = new Set();
+  for (const answer of answers.slice(2)) {
+    for (const alert of answer.data.alerts) {
+      alerts.put(alert, alertTicket);
+      openNow.add(alert.alert_id);
+    }
+  }
+  // shown as open but no longer listed: acknowledged while this page was not listening
+  const closed = alerts.all().filter((a) => OPEN_STATES.has(a.state) && !openNow.has(a.alert_id));
+  await Promise.all(closed.map((a) => fetchAlert(a.alert_id)));
   await fetchLatest();
+  haveData = true;
   for (const alert of alerts.all()) if (!tracks.has(alert.track_id)) alerts.drop(alert.alert_id);
   render();
 }
@@ -281,6 +293,7 @@ function plotItem(view) {
 
 /** Every arrival in the live region: a new track with where it is, or a track's new report. */
 function announce(shown) {
+  if (!haveData) return;
   const said = [];
   for (const view of shown) {
     const fresh = view.track.alert_ids.filter((id) => !knownAlerts.has(id));
@@ -310,6 +323,7 @@ let confirming = 0;
 function confirmShown() {
   if (document.visibilityState !== 'visible' || !isOnline()) return;
   for (const view of views) {
+    if (view.track.state === 'acknowledged') continue; // every alert of it is answered: nothing left to deliver
     for (const id of view.track.alert_ids) {
       if (received.has(id)) continue;
       received.add(id);
