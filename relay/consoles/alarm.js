@@ -104,27 +104,31 @@ export class Alarm {
     if (!this.allowed) return;
     this.plays += 1;
     document.body.dataset.alarmPlays = String(this.plays);
-    const ctx = this.audio;
-    const start = ctx.currentTime + 0.02;
-    const gain = ctx.createGain();
-    gain.gain.setValueAtTime(0.0001, start);
-    gain.connect(ctx.destination);
-    const osc = ctx.createOscillator();
-    osc.type = pattern.wave;
-    let at = start;
-    for (const [freq, endFreq, length] of pattern.notes) {
-      osc.frequency.setValueAtTime(freq, at);
-      if (endFreq !== freq) osc.frequency.linearRampToValueAtTime(endFreq, at + length);
-      gain.gain.linearRampToValueAtTime(pattern.volume, at + 0.01);
-      gain.gain.setValueAtTime(pattern.volume, at + length - 0.03);
-      gain.gain.linearRampToValueAtTime(0.0001, at + length - 0.01);
-      at += length + pattern.gap;
-    }
-    osc.connect(gain);
-    osc.start(start);
-    osc.stop(at);
-    osc.addEventListener('ended', () => gain.disconnect());
+    playTones(this.audio, pattern);
   }
+}
+
+/** One pattern of tones on an AudioContext the browser allows (the operator's page sounds its own this way). */
+export function playTones(ctx, pattern) {
+  const start = ctx.currentTime + 0.02;
+  const gain = ctx.createGain();
+  gain.gain.setValueAtTime(0.0001, start);
+  gain.connect(ctx.destination);
+  const osc = ctx.createOscillator();
+  osc.type = pattern.wave;
+  let at = start;
+  for (const [freq, endFreq, length] of pattern.notes) {
+    osc.frequency.setValueAtTime(freq, at);
+    if (endFreq !== freq) osc.frequency.linearRampToValueAtTime(endFreq, at + length);
+    gain.gain.linearRampToValueAtTime(pattern.volume, at + 0.01);
+    gain.gain.setValueAtTime(pattern.volume, at + length - 0.03);
+    gain.gain.linearRampToValueAtTime(0.0001, at + length - 0.01);
+    at += length + pattern.gap;
+  }
+  osc.connect(gain);
+  osc.start(start);
+  osc.stop(at);
+  osc.addEventListener('ended', () => gain.disconnect());
 }
 
 // [frequency, end frequency, seconds] per note. Square and sawtooth waves: not mistaken for a chat notification.
@@ -133,3 +137,6 @@ const NORMAL = {wave: 'square', volume: 0.22, gap: 0.06, notes: [[880, 880, 0.2]
 const FLASH = {wave: 'sawtooth', volume: 0.3, gap: 0.03, notes: [[1320, 1320, 0.11], [990, 990, 0.11],
   [1320, 1320, 0.11], [990, 990, 0.11], [1320, 1320, 0.11], [990, 990, 0.11]]};
 const CONNECTION_LOST = {wave: 'triangle', volume: 0.3, gap: 0.15, notes: [[700, 250, 0.7], [700, 250, 0.7]]};
+// the operator's page: three falling tones, "something went wrong", unlike the dispatcher's alarm
+export const UNANSWERED = {wave: 'triangle', volume: 0.3, gap: 0.1, notes: [[700, 700, 0.25], [580, 580, 0.25],
+  [460, 460, 0.25]]};

@@ -4,6 +4,7 @@ import {
   $, AlertTable, Offline, followRelay, S, api, channelName, clock, el, enumLabel, login, newestFirst, number,
   placeLines, serverNow, shownState, stateDetail, t,
 } from './common.js';
+import {UNANSWERED, playTones} from './alarm.js';
 import {coordinate, coordinatePair, countRange, headingDegrees, phoneNumber} from './operator_input.js';
 
 const RECENT = 50;
@@ -275,9 +276,11 @@ function deskName(id) {
 // Who acknowledged, at what clock time, how fast: with the desk's name, not its id.
 function detailOf(alert) {
   const ack = alert.ack;
-  if (shownState(alert) !== 'acknowledged' || !ack || ack.via_track) return stateDetail(alert);
-  return t('op.acknowledged', {by: ack.by || deskName(ack.desk_id), desk: deskName(ack.desk_id),
-    channel: channelName(ack.channel), time: clock(ack.at), latency: number(ack.latency_s)});
+  if (shownState(alert) !== 'acknowledged' || !ack) return stateDetail(alert);
+  const who = {by: ack.by || deskName(ack.desk_id), desk: deskName(ack.desk_id), channel: channelName(ack.channel),
+    time: clock(ack.at), latency: number(ack.latency_s)};
+  // the desk acknowledged the drone (its track), this report with it or before it came
+  return t(ack.via_track ? 'op.acknowledged_track' : 'op.acknowledged', who);
 }
 
 function recentItem(alert) {
@@ -315,22 +318,7 @@ function beep() {
   try {
     audio = audio || new AudioContext();
     if (audio.state === 'suspended') audio.resume().catch(() => {});
-    const start = audio.currentTime + 0.02;
-    const gain = audio.createGain();
-    gain.gain.setValueAtTime(0.0001, start);
-    gain.connect(audio.destination);
-    const osc = audio.createOscillator();
-    osc.type = 'triangle';
-    for (let i = 0; i < 3; i += 1) { // three falling tones: unlike the dispatcher's alarm, "something went wrong"
-      const at = start + i * 0.35;
-      osc.frequency.setValueAtTime(700 - i * 120, at);
-      gain.gain.linearRampToValueAtTime(0.3, at + 0.02);
-      gain.gain.setValueAtTime(0.3, at + 0.25);
-      gain.gain.linearRampToValueAtTime(0.0001, at + 0.3);
-    }
-    osc.connect(gain);
-    osc.start(start);
-    osc.stop(start + 1.1);
+    playTones(audio, UNANSWERED);
   } catch {
     // no sound device: the red box below still says what to do
   }

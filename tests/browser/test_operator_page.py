@@ -190,7 +190,8 @@ async def test_the_ack_names_the_desk_and_its_clock_time_and_the_track_a_report_
     acked = page.locator("#recent li").filter(has_text=first["short_code"])
     await expect(acked.locator(".detail").first).to_have_text(
         re.compile(r"^Майор Иванов \(Аэродром-1, веб-консоль\) в \d\d:\d\d:\d\d, через \d+(,\d)? с$"))
-    await expect(joined.locator(".detail").first).to_contain_text("уже подтвердил этот объект")
+    await expect(joined.locator(".detail").first).to_have_text(
+        re.compile(r"^Майор Иванов \(Аэродром-1\) подтвердил этот объект \(трек\) в \d\d:\d\d:\d\d$"))
 
 
 async def test_a_report_nobody_acknowledged_sounds_and_says_whom_to_call(
