@@ -1,7 +1,9 @@
 """MQTT channel: one supervised broker connection, QoS 1 publishes confirmed by PUBACK, replies back in.
 
-MQTT v5 with a persistent session (clean_start=False plus a session expiry): while the relay reconnects, the broker
-keeps its subscriptions and queues what consoles and 112 systems publish to it.
+MQTT v5 with a persistent session (clean_start=False plus a session expiry), or 3.1.1 with clean_session=False:
+while the relay reconnects, the broker keeps its subscriptions and queues what consoles and 112 systems publish to
+it. With the nodes of a clustered broker (`hosts`), the session lives in the cluster: the relay moves to another
+node when its own goes, and finds its session there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -62,8 +64,14 @@ class MqttSettings:
     session_expiry_s: int = 3600
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
-    # "5" (message expiry, session expiry) or "3.1.1" for a broker that speaks only that (the demo's embedded one)
+    # "5" (message expiry, session expiry) or "3.1.1" for a broker that speaks only that (the demo's embedded one,
+    # NATS)
     protocol: str = "5"
+    # The nodes of one clustered broker, in the order to try them; empty: the one broker at host and port.
+    hosts: tuple[tuple[str, int], ...] = ()
+
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        return self.hosts or ((self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,33 @@ class Backoff:
         return random.uniform(ceiling / 2, ceiling)
 
 
+class Nodes:
+    """Which broker node to try: the first at the start, then, after each failed attempt or lost connection, the
+    next one round the list. The node that went away is likely still away, and the session lives in the cluster,
+    not in the node; a single broker is a list of one."""
+
+    def __init__(self, nodes: Sequence[tuple[str, int]]) -> None:
+        if not nodes:
+            raise ValueError("no broker node to connect to")
+        self._nodes = tuple(nodes)
+        self._at = 0
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @property
+    def current(self) -> tuple[str, int]:
+        return self._nodes[self._at]
+
+    def move_on(self) -> None:
+        self._at = (self._at + 1) % len(self._nodes)
+
+
+def node_name(node: tuple[str, int]) -> str:
+    host, port = node
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class LoopBoundClient(aiomqtt.Client):
     """aiomqtt's client, with the event loop watching exactly the socket paho holds, for as long as it holds it.
 
@@ -114,6 +149,11 @@ class LoopBoundClient(aiomqtt.Client):
         self._watched_fd = -1
         self._writing = False
         self._write_soon = False  # a write of what paho queued is scheduled on the loop
+        self._awaiting_connack = False
+
+    def aim(self, node: tuple[str, int]) -> None:
+        """Where the next connect goes (aiomqtt reads these two at each connect)."""
+        self._hostname, self._port = node
 
     async def __aenter__(self) -> Self:
         # paho's connect() closes a socket it still holds, in the executor thread, behind the loop's back.
@@ -128,13 +168,17 @@ class LoopBoundClient(aiomqtt.Client):
             self._connected = asyncio.get_running_loop().create_future()
         if self._disconnected.done():
             self._disconnected = asyncio.get_running_loop().create_future()
+        self._awaiting_connack = True
         try:
             await super().__aenter__()
         except aiomqtt.MqttError:
             # No CONNACK in time leaves the socket open and watched; a late CONNACK would then pass for the
             # next attempt's.
+            self._awaiting_connack = False
             self._drop_socket()
             raise
+        finally:
+            self._awaiting_connack = False
         if not self.holds_connection():
             # lost between the CONNACK and here: aiomqtt forgets such a loss (it renews `_disconnected` last)
             self._drop_socket()
@@ -142,6 +186,13 @@ class LoopBoundClient(aiomqtt.Client):
             self._lock.release()
             raise aiomqtt.MqttError("connection lost while connecting")
         return self
+
+    def forget_unconfirmed(self) -> None:
+        """Drop paho's copies of the QoS 1 publishes the broker never confirmed. Each caller was told its publish
+        failed and tries again itself (the engine's retry, the failover); paho would also send every one again at
+        the next connection, to whichever node that is, and each would reach the console twice."""
+        with self._client._out_message_mutex:
+            self._client._out_messages.clear()
 
     def holds_connection(self) -> bool:
         """Whether paho has a socket and a session with the broker: the truth aiomqtt's futures can miss."""
@@ -229,6 +280,10 @@ class LoopBoundClient(aiomqtt.Client):
         self._misc_task = self._loop.create_task(self._misc_loop())
 
     def _closed(self) -> None:
+        if self._awaiting_connack and self._watched is not None and not self._connected.done():
+            # The broker hung up on the CONNECT (a NATS node without its JetStream quorum does, after 4 s): aiomqtt
+            # ignores a loss before the CONNACK and would wait out its whole timeout before the next node is tried.
+            self._connected.set_exception(aiomqtt.MqttError("the broker closed the connection before its CONNACK"))
         self._reconcile()
         if self._misc_task is not None:
             self._misc_task.cancel()
@@ -351,28 +406,32 @@ class MqttChannel:
     async def run(self) -> None:
         """Connect, and reconnect with capped backoff, until cancelled; on cancel say `offline` and leave."""
         backoff = Backoff(self._cfg.reconnect_min_s, self._cfg.reconnect_max_s)
-        # One client for the whole life: reused across reconnects, paho resends unconfirmed QoS 1 publishes.
+        nodes = Nodes(self._cfg.nodes())
+        # One client for the whole life, whichever node it is on: aiomqtt's futures and paho's state carry over.
         client = self._new_client()
         while True:
+            node = nodes.current
+            client.aim(node)
             try:
                 async with client:
                     try:
-                        await self._serve(client, backoff)
+                        await self._serve(client, backoff, node, len(nodes))
                     except asyncio.CancelledError:
                         await self._say_offline(client)
                         raise
                     finally:
-                        self._lost(client)
+                        self._lost(client, node)
             except aiomqtt.MqttError as exc:
                 self._client = None
-                self.health.set(HealthState.DOWN, str(exc) or type(exc).__name__)
+                self.health.set(HealthState.DOWN, f"{node_name(node)}: {exc or type(exc).__name__}")
             except BaseException:
                 self._client = None
                 self.health.set(HealthState.DOWN, "channel stopped")
                 raise
+            nodes.move_on()
             await asyncio.sleep(backoff.next_delay())
 
-    async def _serve(self, client: aiomqtt.Client, backoff: Backoff) -> None:
+    async def _serve(self, client: aiomqtt.Client, backoff: Backoff, node: tuple[str, int], nodes: int) -> None:
         """Take in messages from the first moment: a persistent session may hold thousands queued while the relay
         was away, and they arrive before the SUBACK; reading them only after subscribing could take longer than the
         subscribe may, and the relay would reconnect for ever without catching up."""
@@ -381,7 +440,7 @@ class MqttChannel:
                 tg.create_task(self._consume(client))
                 if isinstance(client, LoopBoundClient):
                     tg.create_task(self._watch(client))
-                await self._on_connect(client)
+                await self._on_connect(client, node, nodes)
                 backoff.reset()
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
@@ -395,12 +454,14 @@ class MqttChannel:
             if not client.holds_connection():
                 raise aiomqtt.MqttError("the connection to the broker is gone")
 
-    def _lost(self, client: aiomqtt.Client) -> None:
+    def _lost(self, client: aiomqtt.Client, node: tuple[str, int]) -> None:
         """The connection is over: say so at once (the failover waits on it), and fail the publishes still waiting."""
         self._client = None
         self._connections += 1
         _wake_waiting_publishes(client)
-        self.health.set(HealthState.DOWN, "connection lost")
+        if isinstance(client, LoopBoundClient):
+            client.forget_unconfirmed()
+        self.health.set(HealthState.DOWN, f"connection to {node_name(node)} lost")
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         # A clean disconnect sends no last will: leaving on purpose, the relay says `offline` itself.
@@ -410,7 +471,7 @@ class MqttChannel:
             async with asyncio.timeout(self._cfg.publish_timeout_s):
                 await client.publish(self._cfg.status_topic, b"offline", qos=1, retain=True)
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self) -> LoopBoundClient:
         cfg = self._cfg
         v5 = cfg.protocol == "5"
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -425,9 +486,10 @@ class MqttChannel:
             tls_params = aiomqtt.TLSParameters(
                 ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file, cert_reqs=ssl.CERT_REQUIRED
             )
+        host, port = cfg.nodes()[0]  # `aim` points it at each connect's node
         client = LoopBoundClient(
-            cfg.host,
-            cfg.port,
+            host,
+            port,
             identifier=cfg.client_id,
             username=cfg.username or None,
             password=cfg.password or None,
@@ -447,7 +509,7 @@ class MqttChannel:
         client._client.manual_ack_set(True)
         return client
 
-    async def _on_connect(self, client: aiomqtt.Client) -> None:
+    async def _on_connect(self, client: aiomqtt.Client, node: tuple[str, int], nodes: int) -> None:
         filters = [self._cfg.reply_filter, *self._raw]
         try:
             async with asyncio.timeout(self._cfg.subscribe_timeout_s):  # aiomqtt#356: a subscribe can hang
@@ -458,7 +520,9 @@ class MqttChannel:
         except TimeoutError:
             raise aiomqtt.MqttError("no SUBACK/PUBACK from the broker after connecting") from None
         self._client = client
-        self.health.set(HealthState.UP, f"connected to {self._cfg.host}:{self._cfg.port}")
+        self.health.set(HealthState.UP, f"connected to {node_name(node)}")
+        log.info("connected to the MQTT broker", extra={"node": node_name(node), "nodes": nodes,
+                                                          "client_id": self._cfg.client_id})
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         limit = asyncio.Semaphore(MAX_INBOUND_IN_FLIGHT)

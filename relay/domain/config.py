@@ -149,12 +149,57 @@ class MqttSection(Section):
     session_expiry_s: int = Field(3600, ge=0)
     protocol: Literal["5", "3.1.1"] = "5"
     reconnect_max_s: float = Field(5.0, gt=0, le=300)
+    # The nodes of one clustered broker ("host:port", IPv6 as "[::1]:1883"); set, it overrides host and port.
+    hosts: list[str] = Field(default_factory=list, max_length=64)
+
+    _HOSTNAME: ClassVar[re.Pattern[str]] = re.compile(
+        r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
     @model_validator(mode="after")
     def _cert_pair(self) -> Self:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         return self
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, v: list[str]) -> list[str]:
+        seen: set[tuple[str, int]] = set()
+        for i, entry in enumerate(v):
+            try:
+                node = cls._node(entry)
+            except ValueError as exc:
+                raise ValueError(f"hosts[{i}] {entry!r}: {exc}") from None
+            if node in seen:
+                raise ValueError(f"hosts[{i}] {entry!r}: listed twice")
+            seen.add(node)
+        return v
+
+    @classmethod
+    def _node(cls, entry: str) -> tuple[str, int]:
+        import ipaddress
+
+        if "://" in entry:
+            raise ValueError("host:port without a scheme (TLS is mqtt.tls)")
+        if entry.startswith("["):
+            host, sep, port = entry[1:].partition("]:")
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError("not an IPv6 address in brackets, e.g. [::1]:1883") from None
+        else:
+            host, sep, port = entry.rpartition(":")
+            if ":" in host:
+                raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:1883")
+            if not cls._HOSTNAME.match(host):
+                raise ValueError("must be host:port, e.g. 127.0.0.1:1883 or mqtt-1.example:1883")
+        if not sep or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("the port must be a number from 1 to 65535, e.g. 127.0.0.1:1883")
+        return host, int(port)
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """The broker's nodes in the order given: `hosts`, or else `host` and `port`."""
+        return [self._node(h) for h in self.hosts] if self.hosts else [(self.host, self.port)]
 
 
 class SmsSection(Section):

@@ -94,6 +94,7 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
         session_expiry_s=m.session_expiry_s,
         reconnect_max_s=m.reconnect_max_s,
         protocol=m.protocol,
+        hosts=tuple(m.nodes()),
     )
 
 
