@@ -27,6 +27,7 @@ import paho.mqtt.client as paho
 from aiomqtt.types import PahoSocket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from channels.base import (
     ChannelHealth,
@@ -150,6 +151,7 @@ class LoopBoundClient(aiomqtt.Client):
         self._writing = False
         self._write_soon = False  # a write of what paho queued is scheduled on the loop
         self._awaiting_connack = False
+        self.session_present = False  # the last CONNACK's: whether the broker still had this client's session
 
     def aim(self, node: tuple[str, int]) -> None:
         """Where the next connect goes (aiomqtt reads these two at each connect)."""
@@ -230,6 +232,13 @@ class LoopBoundClient(aiomqtt.Client):
     def _drop_socket(self) -> None:
         if not self._lock.locked() and self._client._sock is not None:
             self._client._sock_close()  # calls back into _on_socket_close, on this thread
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        self.session_present = flags.session_present
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
         self._on_loop(self._opened)
@@ -521,8 +530,13 @@ class MqttChannel:
             raise aiomqtt.MqttError("no SUBACK/PUBACK from the broker after connecting") from None
         self._client = client
         self.health.set(HealthState.UP, f"connected to {node_name(node)}")
-        log.info("connected to the MQTT broker", extra={"node": node_name(node), "nodes": nodes,
-                                                          "client_id": self._cfg.client_id})
+        resumed = isinstance(client, LoopBoundClient) and client.session_present
+        where = {"node": node_name(node), "nodes": nodes, "client_id": self._cfg.client_id, "session_present": resumed}
+        if resumed or not self._connections or not self._cfg.session_expiry_s:
+            log.info("connected to the MQTT broker", extra=where)
+        else:
+            # the broker (or the cluster) lost the relay's session: acks and reports sent to it meanwhile are gone
+            log.warning("connected to the MQTT broker, which had lost the relay's session", extra=where)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         limit = asyncio.Semaphore(MAX_INBOUND_IN_FLIGHT)

@@ -182,18 +182,19 @@ class MqttSection(Section):
         if "://" in entry:
             raise ValueError("host:port without a scheme (TLS is mqtt.tls)")
         if entry.startswith("["):
-            host, sep, port = entry[1:].partition("]:")
+            host, _, rest = entry[1:].partition("]")
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
                 raise ValueError("not an IPv6 address in brackets, e.g. [::1]:1883") from None
+            sep, port = rest[:1], rest[1:]
         else:
             host, sep, port = entry.rpartition(":")
             if ":" in host:
                 raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:1883")
             if not cls._HOSTNAME.match(host):
                 raise ValueError("must be host:port, e.g. 127.0.0.1:1883 or mqtt-1.example:1883")
-        if not sep or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        if sep != ":" or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
             raise ValueError("the port must be a number from 1 to 65535, e.g. 127.0.0.1:1883")
         return host, int(port)
 
