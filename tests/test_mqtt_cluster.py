@@ -300,7 +300,8 @@ async def test_the_relays_node_led_the_message_stream_the_backups_cover_the_elec
         await seen.all_of([during["alert_id"]], timeout=30)  # the console's copy, once NATS has a leader again
         by_mqtt = seen.at[during["alert_id"]][0] - posted
     changes = [f"{r.created - posted_clock:+.2f} s {r.getMessage()}: {getattr(r, 'detail', '')}"
-               for r in caplog.records if r.name.startswith(("channels.mqtt", "relay.engine")) and r.created >= posted_clock - 1]
+               for r in caplog.records
+               if r.name.startswith(("channels.mqtt", "relay.engine")) and r.created >= posted_clock - 1]
     print(f"\nthe relay's node led $MQTT_msgs: SMS {by_sms:.2f} s after the report, MQTT {by_mqtt:.2f} s",
           *changes, sep="\n  ")
     assert by_sms < 3.0
