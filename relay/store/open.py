@@ -6,7 +6,6 @@ from typing import Protocol
 
 from relay.domain.config import StoreSection
 from relay.store.base import Store
-from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
 
 
@@ -19,5 +18,8 @@ async def open_store(section: StoreSection) -> RunningStore:
     """Opened and migrated. PostgreSQL that does not answer yet: a store that refuses every operation (the relay
     answers 503) and connects by itself in `run` as soon as it can."""
     if section.kind == "postgresql":
+        # imported only here: psycopg and its pool cost a relay on SQLite 11 MB of memory it never uses
+        from relay.store.postgres import PostgresStore
+
         return await PostgresStore.open(section.url)
     return await SQLiteStore.open(section.sqlite_path)
