@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -41,6 +41,8 @@ from channels.base import (
 )
 
 log = logging.getLogger("channels.mqtt")
+
+T = TypeVar("T")
 
 # Each inbound message is handled in its own task; this bounds how many are in flight at once.
 MAX_INBOUND_IN_FLIGHT = 256
@@ -522,12 +524,17 @@ class MqttChannel:
         filters = [self._cfg.reply_filter, *self._raw]
         try:
             async with asyncio.timeout(self._cfg.subscribe_timeout_s):  # aiomqtt#356: a subscribe can hang
-                await _unless_disconnected(client, client.subscribe([(f, 1) for f in filters], timeout=math.inf))
+                granted = await _unless_disconnected(
+                    client, client.subscribe([(f, 1) for f in filters], timeout=math.inf))
                 await _unless_disconnected(
                     client, client.publish(self._cfg.status_topic, b"online", qos=1, retain=True, timeout=math.inf)
                 )
         except TimeoutError:
             raise aiomqtt.MqttError("no SUBACK/PUBACK from the broker after connecting") from None
+        for topic_filter, code in zip(filters, granted, strict=False):
+            if isinstance(code, ReasonCode) and code.is_failure:
+                # e.g. a NATS user without "$MQTT.sub.>" (deploy/nats/uav-relay.conf): nothing on it would arrive
+                log.error("the broker refused a subscription", extra={"filter": topic_filter, "reason": str(code)})
         self._client = client
         self.health.set(HealthState.UP, f"connected to {node_name(node)}")
         resumed = isinstance(client, LoopBoundClient) and client.session_present
@@ -588,14 +595,14 @@ def _wake_waiting_publishes(client: aiomqtt.Client) -> None:
         confirmation.set()
 
 
-async def _unless_disconnected(client: aiomqtt.Client, call: Awaitable[object]) -> None:
+async def _unless_disconnected(client: aiomqtt.Client, call: Awaitable[T]) -> T:
     """Await `call`, but fail at once if the connection drops meanwhile.
 
     aiomqtt 2.x leaves a subscribe or publish waiting for its ack after the connection died; only the message
     iterator watches for the disconnect. Waiting for a timeout instead would delay the failover.
     """
     disconnected = client._disconnected  # the future aiomqtt itself resolves on disconnect
-    task: asyncio.Future[object] = asyncio.ensure_future(call)
+    task: asyncio.Future[T] = asyncio.ensure_future(call)
     waiters: set[asyncio.Future[Any]] = {task, disconnected}
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -603,8 +610,7 @@ async def _unless_disconnected(client: aiomqtt.Client, call: Awaitable[object]) 
         if not task.done():
             task.cancel()
     if task.done() and not task.cancelled():
-        task.result()
-        return
+        return task.result()
     exc = disconnected.exception() if disconnected.done() else None
     raise aiomqtt.MqttError("connection lost while waiting for the broker's ack") from exc
 

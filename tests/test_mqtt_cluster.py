@@ -130,6 +130,30 @@ async def test_the_channel_skips_a_node_that_refuses_and_one_that_hangs_up_at_on
         await asyncio.wait([task])
 
 
+async def test_a_subscription_the_broker_refuses_is_logged_as_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NATS user without "$MQTT.sub.>" (deploy/nats/uav-relay.conf says why): the SUBACK refuses every QoS 1
+    subscription, and a relay that did not say so would be up and never hear an ack."""
+    users = ('accounts { UAV: { jetstream: enabled, users: [\n'
+             '  { user: uav-relay, password: pw, permissions: { publish: "uav.>", subscribe: "uav.>" } }\n'
+             '  { user: probe, password: pw } ] } }\n'
+             "no_auth_user: probe\n")
+    with nats_cluster(tmp_path / "nats", size=1, extra_conf=users) as one:
+        node = one.nodes[0]
+        channel = MqttChannel(MqttSettings(
+            host="127.0.0.1", port=node.mqtt_port, client_id="relay-refused", reply_filter="uav/acks/+",
+            status_topic="uav/relay/relay-refused/status", username="uav-relay", password="pw", protocol="3.1.1"))
+        task = asyncio.create_task(channel.run())
+        try:
+            await eventually(lambda: channel.health.state is HealthState.UP or None, timeout=10, what="connected")
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+    refused = [vars(r) for r in caplog.records if r.getMessage() == "the broker refused a subscription"]
+    assert [(r["filter"], r["levelname"]) for r in refused] == [("uav/acks/+", "ERROR")]
+
+
 # ---- a real three-node NATS cluster -------------------------------------------------------------------------
 
 

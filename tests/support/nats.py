@@ -57,15 +57,17 @@ class NatsNode:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
             return dict(json.load(r))
 
-    def config(self, peers: list[NatsNode]) -> str:
+    def config(self, peers: list[NatsNode], extra: str = "") -> str:
         routes = ", ".join(f"nats-route://127.0.0.1:{p.cluster_port}" for p in peers if p is not self)
         return (
             f"server_name: {self.name}\n"
             f"listen: 127.0.0.1:{self.client_port}\n"
             f"http: 127.0.0.1:{self.http_port}\n"
             f'jetstream {{ store_dir: "{self.workdir / "jetstream"}" }}\n'
-            f"cluster {{ name: uav-test, listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n"
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, stream_replicas: {len(peers)} }}\n"
+            + (f"cluster {{ name: uav-test, listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n"
+               if len(peers) > 1 else "")
+            + f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, stream_replicas: {len(peers)} }}\n"
+            + extra
         )
 
 
@@ -73,7 +75,7 @@ class NatsCluster:
     """`start()` brings up every node and waits until each takes an MQTT connection; `kill(node)` and
     `start_node(node)` at will; `stop()` at the end ends each node by its own PID."""
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, extra_conf: str = "") -> None:
         binary = shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists()
                                                  else None)
         if binary is None:
@@ -82,7 +84,7 @@ class NatsCluster:
         self.nodes = [NatsNode(f"n{i + 1}", workdir / f"n{i + 1}") for i in range(size)]
         for node in self.nodes:
             node.workdir.mkdir(parents=True)
-            (node.workdir / "nats.conf").write_text(node.config(self.nodes))
+            (node.workdir / "nats.conf").write_text(node.config(self.nodes, extra_conf))
 
     @property
     def hosts(self) -> list[str]:
@@ -146,7 +148,9 @@ class NatsCluster:
         except OSError:
             return False
         peers = {r.get("remote_id") for r in routes.get("routes") or []}
-        return len(peers) >= len(self.alive()) - 1 and bool((jsz.get("meta_cluster") or {}).get("leader"))
+        clustered = len(self.nodes) > 1
+        return len(peers) >= len(self.alive()) - 1 and (not clustered or bool((jsz.get("meta_cluster") or {})
+                                                                               .get("leader")))
 
     def log_tail(self, node: NatsNode, lines: int = 8) -> str:
         log = node.workdir / "nats.log"
@@ -234,8 +238,10 @@ def nats_request(port: int, subject: str, timeout: float = 5.0) -> dict[str, Any
 
 
 @contextlib.contextmanager
-def nats_cluster(workdir: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(workdir)
+def nats_cluster(workdir: Path, size: int = 3, extra_conf: str = "") -> Iterator[NatsCluster]:
+    """Started, and stopped at the end. `extra_conf` goes into each node's config (accounts, say: then include a
+    user named in `no_auth_user`, or the readiness probe's anonymous CONNECT is refused)."""
+    cluster = NatsCluster(workdir, size, extra_conf)
     cluster.start()
     try:
         yield cluster
