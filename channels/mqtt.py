@@ -434,7 +434,9 @@ class MqttChannel:
                         self._lost(client, node)
             except aiomqtt.MqttError as exc:
                 self._client = None
-                self.health.set(HealthState.DOWN, f"{node_name(node)}: {exc or type(exc).__name__}")
+                why = str(exc) or type(exc).__name__
+                log.debug("no connection at this MQTT node", extra={"node": node_name(node), "error": why})
+                self.health.set(HealthState.DOWN, f"{node_name(node)}: {why}")
             except BaseException:
                 self._client = None
                 self.health.set(HealthState.DOWN, "channel stopped")
