@@ -331,7 +331,7 @@ async def test_the_relays_node_led_the_message_stream_the_backups_cover_the_elec
     assert by_sms < 3.0
 
 
-async def test_every_node_down_the_channel_is_down_and_with_a_majority_back_it_is_up_by_itself(
+async def test_every_node_down_the_channel_is_down_one_node_back_is_not_enough_all_back_it_is_up_by_itself(
     cluster: NatsCluster, tmp_path: Path
 ) -> None:
     first, second, third = cluster.nodes
