@@ -167,3 +167,19 @@ def test_the_example_config_in_the_repository_is_valid() -> None:
     example = Path(__file__).resolve().parents[1] / "config" / "example.toml"
     result = relay_cmd("check-config", "--config", str(example))
     assert result.returncode == 0, result.stderr
+
+
+def test_ids_with_a_dot_are_warned_about_for_a_broker_that_speaks_3_1_1() -> None:
+    from relay.domain.config import Settings
+    from relay.operations.config_warnings import config_warnings
+
+    def warned(protocol: str, hosts: list[str]) -> list[str]:
+        s = Settings(mqtt={"protocol": protocol, "hosts": hosts},
+                     desks=[{"id": "airfield.1", "token": "desk-token-0123456789"}],
+                     operators=[{"id": "op-1", "token": "operator-token-0123456"}])
+        return [w for w in config_warnings(s) if "holds a '.'" in w]
+
+    assert warned("3.1.1", ["127.0.0.1:4223", "127.0.0.1:4224"]) == [
+        "desks[0].id: 'airfield.1' holds a '.': a NATS broker drops the relay's connection at every message to its "
+        "topics; use - or _ instead"]
+    assert warned("5", []) == []  # Mosquitto takes dots in topic levels

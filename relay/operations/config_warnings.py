@@ -35,6 +35,14 @@ def config_warnings(s: Settings) -> list[str]:
     if s.sms.enabled and urlsplit(s.http.public_url).hostname in _LOOPBACK:
         found.append("http.public_url: a loopback address: the SMS provider cannot reach it, so SMS receipts and "
                      "SMS replies (acks) will never arrive")
+    if s.mqtt.hosts or s.mqtt.protocol == "3.1.1":
+        # NATS's MQTT listener closes the connection of a client that publishes to a topic level holding a dot:
+        # the relay would be cut off at every alert for such a desk (docs/operations.md, "A clustered broker")
+        for kind, people in (("desks", s.desks), ("operators", s.operators)):
+            for n, who in enumerate(people):
+                if "." in who.id:
+                    found.append(f"{kind}[{n}].id: {who.id!r} holds a '.': a NATS broker drops the relay's "
+                                 "connection at every message to its topics; use - or _ instead")
     if backups:
         for n, desk in enumerate(s.desks):
             if not ((s.sms.enabled and desk.sms) or (s.email.enabled and desk.email)):
