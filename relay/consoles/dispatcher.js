@@ -465,7 +465,6 @@ async function acknowledge(id) {
   localStorage.setItem(BY_KEY, by);
   card.ack.disabled = true;
   card.note.textContent = t('dispatcher.acking');
-  const ticket = tracks.ticket();
   let answer;
   try {
     answer = await session.call(`/api/v1/tracks/${encodeURIComponent(id)}/ack`, {method: 'POST', body: {by}});
@@ -481,6 +480,9 @@ async function acknowledge(id) {
     return;
   }
   card.note.textContent = '';
+  // The answer is the track after the ack: newer than any read started before it came back (one of those may have
+  // been answered before the ack was committed, and must not put the track back on the list).
+  const ticket = tracks.ticket();
   const hadFocus = card.node.contains(document.activeElement);
   const next = nextWaiting(id);
   looked.add(id);
