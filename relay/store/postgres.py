@@ -360,17 +360,20 @@ class PostgresStore:
         fetched = await self._read(fetch)
         return await self._build(lambda: _alerts(*fetched))
 
-    async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]:
+    async def _read_alerts(self, sql: str, args: tuple[Any, ...]) -> list[AlertRecord]:
+        """The alerts a query names, with their deliveries and acks, in one read."""
+
         async def fetch(conn: Conn) -> list[AlertRecord]:
-            rows = await _all(
-                conn,
-                f"SELECT {ALERT_COLS} FROM alerts WHERE next_action_at <= %s AND state IN {OPEN_SQL} "  # noqa: S608
-                "ORDER BY next_action_at LIMIT %s",
-                (now, limit),
-            )
-            return await _hydrate(conn, rows)
+            return await _hydrate(conn, await _all(conn, sql, args))
 
         return await self._read(fetch)
+
+    async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]:
+        return await self._read_alerts(
+            f"SELECT {ALERT_COLS} FROM alerts WHERE next_action_at <= %s AND state IN {OPEN_SQL} "  # noqa: S608
+            "ORDER BY next_action_at LIMIT %s",
+            (now, limit),
+        )
 
     async def next_due_at(self) -> float | None:
         row = await self._read(lambda conn: _one(
@@ -378,16 +381,11 @@ class PostgresStore:
         return None if row is None else row[0]
 
     async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
-        async def fetch(conn: Conn) -> list[AlertRecord]:
-            rows = await _all(
-                conn,
-                f"SELECT {ALERT_COLS} FROM alerts WHERE state IN {OPEN_SQL} AND alert_id IN "  # noqa: S608
-                "(SELECT alert_id FROM deliveries WHERE state = 'queued' AND channel = %s) ORDER BY alert_id LIMIT %s",
-                (channel, limit),
-            )
-            return await _hydrate(conn, rows)
-
-        return await self._read(fetch)
+        return await self._read_alerts(
+            f"SELECT {ALERT_COLS} FROM alerts WHERE state IN {OPEN_SQL} AND alert_id IN "  # noqa: S608
+            "(SELECT alert_id FROM deliveries WHERE state = 'queued' AND channel = %s) ORDER BY alert_id LIMIT %s",
+            (channel, limit),
+        )
 
     async def count_open(self) -> int:
         row = await self._read(
@@ -441,16 +439,11 @@ class PostgresStore:
     async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
         # closed ones too: the dispatcher sends what is still worth sending and cancels the rest (a restart must
         # not leave a delivery "sending" for ever)
-        async def fetch(conn: Conn) -> list[AlertRecord]:
-            rows = await _all(
-                conn,
-                f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
-                "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT %s",
-                (limit,),
-            )
-            return await _hydrate(conn, rows)
-
-        return await self._read(fetch)
+        return await self._read_alerts(
+            f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
+            "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT %s",
+            (limit,),
+        )
 
     async def find_by_code(self, code: str, now: float) -> AlertRecord | None:
         async def fetch(conn: Conn) -> AlertRecord | None:

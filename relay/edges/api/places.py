@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from relay.edges.api import query
 from relay.edges.api.access import authenticate
 from relay.edges.api.context import CONTEXT
 from relay.edges.api.errors import ApiError
@@ -18,12 +19,7 @@ async def places(request: web.Request) -> web.Response:
     q = request.query.get("q", "")
     if len(q) > MAX_QUERY:
         raise ApiError(422, "invalid_query", [{"field": "q", "problem": f"at most {MAX_QUERY} characters"}])
-    try:
-        limit = int(request.query.get("limit", "10"))
-        if not 1 <= limit <= MAX_PLACES:
-            raise ValueError
-    except ValueError:
-        raise ApiError(422, "invalid_query", [{"field": "limit", "problem": f"an integer 1..{MAX_PLACES}"}]) from None
+    limit = query.limit(request, default=10, maximum=MAX_PLACES)
     found = [{"name": p.name, "district": p.district, "lat": p.lat, "lon": p.lon, "accuracy_m": p.accuracy_m}
              for p in ctx.places.search(q, limit)]
     return web.json_response({"places": found})
