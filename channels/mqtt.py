@@ -72,6 +72,9 @@ class MqttSettings:
     protocol: str = "5"
     # The nodes of one clustered broker, in the order to try them; empty: the one broker at host and port.
     hosts: tuple[tuple[str, int], ...] = ()
+    # Several clients taking turns on the inbound topics: each inbound message goes to one of the group
+    # (`$share/<group>/<filter>`, MQTT 5 shared subscriptions); empty: every message to this client.
+    share_group: str = ""
 
     def nodes(self) -> tuple[tuple[str, int], ...]:
         return self.hosts or ((self.host, self.port),)
@@ -523,7 +526,8 @@ class MqttChannel:
         return client
 
     async def _on_connect(self, client: aiomqtt.Client, node: tuple[str, int], nodes: int) -> None:
-        filters = [self._cfg.reply_filter, *self._raw]
+        group = self._cfg.share_group
+        filters = [f"$share/{group}/{f}" if group else f for f in (self._cfg.reply_filter, *self._raw)]
         try:
             async with asyncio.timeout(self._cfg.subscribe_timeout_s):  # aiomqtt#356: a subscribe can hang
                 granted = await _unless_disconnected(

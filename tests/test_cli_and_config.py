@@ -183,3 +183,23 @@ def test_ids_with_a_dot_are_warned_about_for_a_broker_that_speaks_3_1_1() -> Non
         "desks[0].id: 'airfield.1' holds a '.': a NATS broker drops the relay's connection at every message to its "
         "topics; use - or _ instead"]
     assert warned("5", []) == []  # Mosquitto takes dots in topic levels
+
+
+def test_a_relay_on_a_shared_database_is_warned_about_what_several_relays_need() -> None:
+    from relay.domain.config import Settings
+    from relay.operations.config_warnings import config_warnings
+
+    people = {"desks": [{"id": "airfield-1", "token": "desk-token-0123456789"}],
+              "operators": [{"id": "op-1", "token": "operator-token-0123456"}]}
+    shared = Settings(store={"url": "postgresql://relay@127.0.0.1:5432/relay"}, **people)
+    said = config_warnings(shared)
+    assert any(w.startswith("http.ack_link_key: empty") for w in said)
+    assert any(w.startswith("mqtt.client_id: the default") for w in said)
+    named = Settings(store={"url": "postgresql://relay@127.0.0.1:5432/relay"}, mqtt={"client_id": "relay-2"},
+                     http={"ack_link_key": "k" * 32}, **people)
+    assert config_warnings(named) == []
+    assert config_warnings(Settings(**people)) == []  # SQLite: one relay, nothing to share
+    nats = Settings(mqtt={"share_group": "relays", "hosts": ["127.0.0.1:4223", "127.0.0.1:4224"]}, **people)
+    assert any(w.startswith("mqtt.share_group: set for a broker") for w in config_warnings(nats))
+    with pytest.raises(ValueError, match="share_group"):
+        Settings(mqtt={"share_group": "a/b"}, **people)

@@ -61,8 +61,9 @@ class StoreSection(Section):
     url: str = "sqlite:///var/relay.db"
     # Audit and event rows older than this are deleted daily; alerts and their deliveries stay.
     retention_days: float = Field(90, gt=0)
-    # A relay's claim on a delivery or a timer lapses this long after it died (CONTRACT.md, "More than one relay").
-    # Unused until several relays share one PostgreSQL database (issue 16, step 2).
+    # A relay's claim on a delivery or a timer lapses this long after it died (CONTRACT.md, "More than one relay"):
+    # with several relays on one PostgreSQL database, another takes its work over within lease_s + 1 s. Each
+    # relay is named by its mqtt.client_id there.
     lease_s: float = Field(5, gt=0)
 
     _SESSION_ATTRS: ClassVar[frozenset[str]] = frozenset(
@@ -151,6 +152,10 @@ class MqttSection(Section):
     reconnect_max_s: float = Field(5.0, gt=0, le=300)
     # The nodes of one clustered broker ("host:port", IPv6 as "[::1]:1883"); set, it overrides host and port.
     hosts: list[str] = Field(default_factory=list, max_length=64)
+    # Several relays on one broker: the inbound topics (reports, acks) as a shared subscription of this group, so
+    # each message is taken by one relay (Mosquitto; not NATS, whose MQTT has none: leave it empty there, intake
+    # is idempotent and the first ack wins).
+    share_group: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")
 
     _HOSTNAME: ClassVar[re.Pattern[str]] = re.compile(
         r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")

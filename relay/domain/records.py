@@ -195,3 +195,25 @@ class Schedule:
     next_action_at: float | None
     backup_rounds: int
     last_backup_at: float | None
+
+
+# ---- several relays on one store (CONTRACT.md, "More than one relay") ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What renewing this relay's lease found."""
+
+    alive: int  # relays whose lease is live, this one included
+    lapsed: bool  # this relay's lease had lapsed before the renewal: another relay may have taken its work
+    other_instance: bool  # the id's lease was held by another process (an earlier run, or a second relay on this id)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """One committed change of an alert's state or track, as the store's change feed has it."""
+
+    seq: int
+    alert_id: str
+    origin: str  # the relay that made it
+    age_s: float  # since it was written, by the store's clock

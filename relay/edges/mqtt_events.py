@@ -29,6 +29,8 @@ class MqttEventPublisher:
                 if sub.dropped > reported_drops:
                     self._metrics.events_dropped.inc(sub.dropped - reported_drops)
                     reported_drops = sub.dropped
+                if event.foreign:  # another relay's change: that relay published it to the broker everyone shares
+                    continue
                 body = event_json(event)
                 # While the broker is away, events wait here (bounded backlog); each is tried until the
                 # broker takes it, since operators follow their reports by these.

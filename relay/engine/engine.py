@@ -62,6 +62,7 @@ log = logging.getLogger("relay.engine")
 SCHEDULER_BATCH = 500
 STEPS_AT_ONCE = 64  # alerts' escalation steps in flight together (their commits share fsyncs)
 SCHEDULER_PAUSE_S = 1.0  # after a store error or a failed step, before the scheduler looks again
+SHARED_LOOK_S = 1.0  # with several relays on one store, the scheduler looks at least this often
 CHANNEL_TEST_PREFIX = "test-"  # ids of `relay test-channels` messages; no alert has one
 MAX_BY = 100  # an ack's `by`, whichever channel it came from
 
@@ -457,7 +458,12 @@ class Engine:
             try:
                 with self._dispatcher.together():  # what falls due in one pass leaves in one go
                     all_done = await self._run_due()
-                next_at = await self._store.next_due_at()
+                now = self._clock.now()
+                next_at = await self._store.next_due_at(now)
+                if self._store.shared:
+                    # another relay may have made one of this relay's alerts due (a failed send it heard of):
+                    # nothing wakes this one for it but a look
+                    next_at = min(next_at if next_at is not None else math.inf, now + SHARED_LOOK_S)
                 if not all_done:  # a step that failed is not tried again in a tight loop
                     next_at = max(next_at or 0.0, self._clock.now() + SCHEDULER_PAUSE_S)
             except StoreUnavailable as exc:
@@ -469,6 +475,23 @@ class Engine:
             self._wake_at = math.inf if next_at is None else next_at
             await sleep_until_or(self._clock, next_at, self._poke)
 
+    def took_over(self, alerts: Sequence[AlertRecord]) -> None:
+        """Alerts of a relay that died, now this relay's (Store.take_over): the sends it left marked sending go out
+        again under their own delivery ids (a console or a phone may get one twice, recognisably); the scheduler
+        looks at once at the rest (those never sent were made due now)."""
+        now = self._clock.now()
+        for alert in alerts:
+            sending = [d for d in alert.deliveries if d.state is DeliveryState.SENDING]
+            if sending:
+                self._dispatcher.submit(alert, sending)
+        self._metrics.takeovers.inc(len(alerts))
+        log.warning("took over a dead relay's alerts", extra={"event": "takeover", "alerts": len(alerts)})
+        self._due(now)
+
+    async def recount_open(self) -> None:
+        """Other relays open and close alerts too: the open count is the store's."""
+        self.open_alerts = await self._store.count_open()
+
     def _due(self, at: float | None) -> None:
         """A due time was stored: wake the scheduler if it would otherwise sleep past it."""
         if at is not None and at < self._wake_at:
@@ -479,15 +502,15 @@ class Engine:
         """Every due step run; False if one failed (it was recorded, and is due again later)."""
         self._pass_tracks.clear()
         if self._recover_sending:
-            for alert in await self._store.alerts_with_sending(limit=100_000):
+            for alert in await self._store.alerts_with_sending(limit=100_000, now=self._clock.now()):
                 self._dispatcher.submit(alert, [d for d in alert.deliveries if d.state is DeliveryState.SENDING])
             self._recover_sending = False
         all_done = True
         if self._primary_back and self._primary.health.is_up:
             self._primary_back = False
             try:
-                all_done &= await self._steps(await self._store.alerts_with_queued(self._primary.name,
-                                                                                    limit=100_000))
+                all_done &= await self._steps(await self._store.alerts_with_queued(
+                    self._primary.name, limit=100_000, now=self._clock.now()))
             except BaseException:
                 self._primary_back = True  # not all were looked at: look again on the next round
                 raise

@@ -23,12 +23,15 @@ class StateEvent:
     short_code: str
     ack: AckRecord | None = None
     track_id: str | None = None
+    # made by another relay on the shared store (relay/engine/change_feed.py): this relay tells its own SSE
+    # listeners, but does not publish it to the broker again (the relay that made it did)
+    foreign: bool = False
 
     @classmethod
-    def of(cls, alert: AlertRecord, at: float) -> StateEvent:
+    def of(cls, alert: AlertRecord, at: float, *, foreign: bool = False) -> StateEvent:
         return cls(
             alert.alert_id, alert.report_id, alert.operator_id, alert.desks, alert.state.value, at,
-            alert.short_code, alert.ack, alert.track_id or alert.alert_id,
+            alert.short_code, alert.ack, alert.track_id or alert.alert_id, foreign,
         )
 
 

@@ -86,6 +86,24 @@ class Metrics:
             "failed on their own with an unexpected error; the daemon went on", ["kind", "reason"], registry=r,
         )
 
+        # several relays on one store (CONTRACT.md, "More than one relay")
+        self.peers_alive = Gauge("relay_peers_alive", "Relays whose lease is live, this one included, as the "
+                                 "shared store says", registry=r)
+        self.takeovers = Counter("relay_takeovers", "Alerts this relay took over from a relay whose lease lapsed",
+                                 registry=r)
+        self.lease_lapsed = Counter(
+            "relay_lease_lapsed", "Times this relay found its own lease lapsed (cut off from the store longer than "
+            "store.lease_s: another relay may have taken its work)", registry=r,
+        )
+        self.change_feed_events = Counter(
+            "relay_change_feed_events", "Other relays' alert state changes this relay passed to its operators",
+            registry=r,
+        )
+        self.change_feed_lag = Histogram(
+            "relay_change_feed_lag_seconds", "Another relay's commit of a state change -> this relay passes it on",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+
     def child(self, metric: M, *values: str) -> M:
         """`metric.labels(*values)`, looked up once: prometheus_client checks and locks on every `labels()` call,
         a few microseconds on each report's path for what is always the same handful of children."""

@@ -43,6 +43,18 @@ def config_warnings(s: Settings) -> list[str]:
                 if "." in who.id:
                     found.append(f"{kind}[{n}].id: {who.id!r} holds a '.': a NATS broker drops the relay's "
                                  "connection at every message to its topics; use - or _ instead")
+    if s.store.kind == "postgresql":
+        # several relays may share the database: each must name itself, and sign what another one checks
+        if not s.http.ack_link_key.get_secret_value():
+            found.append("http.ack_link_key: empty, so this relay signs e-mail ack links with a key of its own (in "
+                         "data_dir): a link opened on another relay of the same database is refused; give every "
+                         "relay one key")
+        if s.mqtt.client_id == "uav-relay-1":
+            found.append("mqtt.client_id: the default; with several relays on one database each needs its own (it "
+                         "names the relay's claims on alerts)")
+    if s.mqtt.share_group and (s.mqtt.hosts or s.mqtt.protocol == "3.1.1"):
+        found.append("mqtt.share_group: set for a broker that speaks MQTT 3.1.1 or is a cluster: NATS's MQTT has no "
+                     "shared subscriptions, so reports and acks may never reach this relay; leave it empty there")
     if backups:
         for n, desk in enumerate(s.desks):
             if not ((s.sms.enabled and desk.sms) or (s.email.enabled and desk.email)):

@@ -25,12 +25,14 @@ from relay.edges.mqtt_events import MqttEventPublisher
 from relay.edges.mqtt_intake import MqttReportIntake
 from relay.edges.ratelimit import RateLimiter
 from relay.engine.ack_links import AckLinkSigner, load_or_create_key
+from relay.engine.change_feed import ChangeFeed
 from relay.engine.dispatch import Dispatcher
 from relay.engine.engine import Engine
 from relay.engine.events import EventBus
 from relay.engine.intake import Intake
 from relay.engine.jobs import JobKind, Jobs
 from relay.engine.metrics import Metrics
+from relay.engine.peers import Peers
 from relay.engine.plug_board import Form, Plug
 from relay.engine.sms_replies import SmsReplies
 from relay.engine.track_book import TrackBook
@@ -95,6 +97,7 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
         reconnect_max_s=m.reconnect_max_s,
         protocol=m.protocol,
         hosts=tuple(m.nodes()),
+        share_group=m.share_group,
     )
 
 
@@ -126,7 +129,7 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         topics = Topics(s.mqtt.topic_prefix)
-        store = self.store = await open_store(s.store)
+        store = self.store = await open_store(s.store, relay_id=s.mqtt.client_id)
         bus = EventBus()
         desks = [Desk.from_config(d) for d in s.desks]
         now = self.clock.now
@@ -255,7 +258,15 @@ class Relay:
                 log.error("store unavailable at start: reports are refused until it answers",
                           extra={"event": "store_unavailable_at_start", "error": str(exc)})
                 tracks_loaded = False
-            engine_task = tg.create_task(_engine_when_store_answers(engine, tracks_loaded), name="engine")
+            peers = None
+            if store.shared:  # several relays on one database: a lease, takeovers, the others' changes
+                peers = Peers(store=store, engine=engine, clock=self.clock, metrics=self.metrics,
+                              lease_s=s.store.lease_s)
+                feed = ChangeFeed(store=store, bus=bus, book=engine.tracks, clock=self.clock, metrics=self.metrics,
+                                  recount=engine.recount_open)
+                housekeeping += [tg.create_task(jobs.supervise("change_feed", feed.run), name="change_feed"),
+                                 tg.create_task(jobs.supervise("peers", peers.run), name="peers")]
+            engine_task = tg.create_task(_engine_when_store_answers(engine, tracks_loaded, peers), name="engine")
             dispatch_task = tg.create_task(dispatcher.run(), name="dispatch")
             events = MqttEventPublisher(bus, mqtt, topics, self.metrics)
             events_task = tg.create_task(jobs.supervise("events", events.run), name="events")
@@ -285,13 +296,16 @@ class Relay:
         log.info("relay stopped", extra={"event": "relay_stopped"})
 
 
-async def _engine_when_store_answers(engine: Engine, tracks_loaded: bool) -> None:
+async def _engine_when_store_answers(engine: Engine, tracks_loaded: bool, peers: Peers | None) -> None:
     """The engine, once its first reads (the tracks a report may join, the open alerts) found the store answering;
     until then the store refuses every report (503). A report stored in the moment between the store answering and
-    these reads may start a track of its own instead of joining one (a dispatcher can merge it)."""
+    these reads may start a track of its own instead of joining one (a dispatcher can merge it). With several
+    relays, this relay's lease first: its claims hold from then."""
     wait = STORE_WAIT_FIRST_S
     while True:
         try:
+            if peers is not None:
+                await peers.renew()
             if not tracks_loaded:
                 await engine.load_tracks()
                 tracks_loaded = True

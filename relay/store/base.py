@@ -9,11 +9,13 @@ from relay.domain.records import (
     Accepted,
     AckRecord,
     AckResult,
+    AlertChange,
     AlertRecord,
     AttemptOutcome,
     AuthFailureTally,
     DeliveryRecord,
     EventRecord,
+    Lease,
     NewAlert,
     OpenInTrack,
     ReceiptResult,
@@ -29,6 +31,12 @@ class StoreUnavailable(Exception):
 
 
 class Store(Protocol):
+    # Several relays may share this store (PostgreSQL): then each claims the alerts it steps and sends, holds its
+    # claims with a lease, and reads the others' changes (CONTRACT.md, "More than one relay"). A store for one
+    # relay (SQLite) answers those calls as for a lone relay.
+    shared: bool
+    relay_id: str  # this relay's name in the store: its claims carry it
+
     async def run(self) -> None:
         """The writer: commits queued changes in batches until cancelled, then flushes and closes."""
         ...
@@ -84,12 +92,16 @@ class Store(Protocol):
         of its track become due at once (one of them may carry the track's backup chain now)."""
         ...
 
-    async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]: ...
+    async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]:
+        """Open alerts due by `now`, soonest first; in a shared store only those this relay may claim, claimed."""
+        ...
 
-    async def next_due_at(self) -> float | None: ...
+    async def next_due_at(self, now: float | None = None) -> float | None:
+        """The soonest due time; with `now`, in a shared store, of the alerts this relay may claim."""
+        ...
 
-    async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
-        """Open alerts that still have a delivery on `channel` that never reached it."""
+    async def alerts_with_queued(self, channel: str, limit: int, now: float | None = None) -> list[AlertRecord]:
+        """Open alerts that still have a delivery on `channel` that never reached it (claimed, as due_alerts)."""
         ...
 
     async def start_backup_round(
@@ -106,8 +118,36 @@ class Store(Protocol):
         """A provider's word on one delivery (an SMS status callback): delivered, or failed with why."""
         ...
 
-    async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
-        """Alerts (open or closed) with a delivery marked SENDING: after a restart, sends that may not have gone out."""
+    async def alerts_with_sending(self, limit: int, now: float | None = None) -> list[AlertRecord]:
+        """Alerts (open or closed) with a delivery marked SENDING: after a restart, sends that may not have gone out
+        (claimed, as due_alerts: not those of another relay that is alive)."""
+        ...
+
+    async def get_alerts(self, alert_ids: Sequence[str]) -> list[AlertRecord]:
+        """Those of these alerts that exist, in alert_id order."""
+        ...
+
+    # ---- several relays (a shared store) ----------------------------------------------------------------------
+
+    async def renew_lease(self, now: float) -> Lease:
+        """This relay's claims hold for `lease_s` more (the store's setting) from `now`."""
+        ...
+
+    async def take_over(self, now: float, limit: int) -> list[AlertRecord]:
+        """At most `limit` alerts of relays whose lease lapsed (open ones, and closed ones with a send marked
+        sending), claimed for this relay; those with a delivery never sent are due now."""
+        ...
+
+    async def last_change(self) -> int:
+        """The change feed's latest sequence number."""
+        ...
+
+    async def changes_after(self, seq: int, missing: Sequence[int], limit: int) -> list[AlertChange]:
+        """Committed changes of alerts' states or tracks after `seq`, and any of `missing`, in order."""
+        ...
+
+    async def wait_for_change(self, within_s: float) -> None:
+        """Return when another relay has committed a change (a hint: read changes_after), or after `within_s`."""
         ...
 
     async def find_by_code(self, code: str, now: float) -> AlertRecord | None:

@@ -14,12 +14,13 @@ class RunningStore(Store, Protocol):
     last_error: str | None
 
 
-async def open_store(section: StoreSection) -> RunningStore:
+async def open_store(section: StoreSection, relay_id: str) -> RunningStore:
     """Opened and migrated. PostgreSQL that does not answer yet: a store that refuses every operation (the relay
-    answers 503) and connects by itself in `run` as soon as it can."""
+    answers 503) and connects by itself in `run` as soon as it can. `relay_id`: this relay's name in a store
+    several relays share (its mqtt.client_id)."""
     if section.kind == "postgresql":
         # imported only here: psycopg and its pool cost a relay on SQLite 11 MB of memory it never uses
         from relay.store.postgres import PostgresStore
 
-        return await PostgresStore.open(section.url)
+        return await PostgresStore.open(section.url, relay_id=relay_id, lease_s=section.lease_s)
     return await SQLiteStore.open(section.sqlite_path)

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
+import secrets
 import select
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -44,11 +46,13 @@ from relay.domain.records import (
     AcceptOutcome,
     AckRecord,
     AckResult,
+    AlertChange,
     AlertRecord,
     AttemptOutcome,
     AuthFailureTally,
     DeliveryRecord,
     EventRecord,
+    Lease,
     NewAlert,
     OpenAlert,
     OpenInTrack,
@@ -60,7 +64,7 @@ from relay.domain.records import (
 from relay.domain.states import OPEN_ALERT_STATES, AlertState, DeliveryState
 from relay.domain.tracks import Sighting, TrackState
 from relay.store.base import StoreUnavailable
-from relay.store.postgres_schema import OPEN_SQL, migrate
+from relay.store.postgres_schema import CHANGES_CHANNEL, OPEN_SQL, ORIGIN_SETTING, migrate
 from relay.store.rows import (
     ACK_COLS,
     ALERT_COLS,
@@ -83,6 +87,11 @@ T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
 Row = tuple[Any, ...]
 
+DEFAULT_RELAY_ID = "uav-relay-1"  # mqtt.client_id's default: a relay's name in the database is its client id
+# An alert this relay may step or send: claimed by none, by itself, or by a relay whose lease has lapsed (or that
+# has no lease any more). `a` is the alerts table; parameters `now` and `me`.
+CLAIMABLE = ("(a.claimed_by IS NULL OR a.claimed_by = %(me)s OR NOT EXISTS "
+             "(SELECT 1 FROM relays r WHERE r.relay_id = a.claimed_by AND r.lease_until > %(now)s))")
 POOL_SIZE = 8  # connections per relay: the engine's steps, the dispatcher's sends and the API's reads side by side
 ACQUIRE_S = 5.0  # a connection from a busy pool within this, or StoreUnavailable
 ACQUIRE_DOWN_S = 0.5  # the same while the server is known not to answer: a report is refused soon, not late
@@ -106,6 +115,10 @@ _TRACK_COLS = "track_id, estimate_json, opened_at, updated_at, acks::text, merge
 LOOP_SWITCH_INTERVAL_S = 0.0005
 
 
+def new_instance_id() -> str:
+    return secrets.token_hex(8)
+
+
 def connect_kwargs(url: str) -> dict[str, Any]:
     """The libpq parameters added to the URL's: autocommit (each operation opens its own transaction), and the
     timeouts above where the URL does not set them."""
@@ -126,9 +139,18 @@ def _dead(conn: Conn) -> bool:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    shared = True  # several relays may run on one database: claims, leases and the change feed
+
+    def __init__(
+        self, url: str, *, pool_size: int = POOL_SIZE, relay_id: str = DEFAULT_RELAY_ID, lease_s: float = 5.0
+    ) -> None:
         self._url = url
         self._pool_size = pool_size
+        self.relay_id, self._lease_s = relay_id, lease_s
+        self._instance = new_instance_id()
+        self._leased = False  # this process has renewed its lease at least once
+        self._taken_over: dict[str, float] = {}  # relays whose claims were all taken: id -> their lease_until then
+        self._listener: Conn | None = None  # the change feed's LISTEN connection
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
@@ -137,13 +159,16 @@ class PostgresStore:
         self.last_error: str | None = None  # the latest failure to reach or use the server; None while it works
 
     @classmethod
-    async def open(cls, url: str, *, pool_size: int = POOL_SIZE, wait_s: float = OPEN_WAIT_S) -> PostgresStore:
+    async def open(
+        cls, url: str, *, pool_size: int = POOL_SIZE, wait_s: float = OPEN_WAIT_S, relay_id: str = DEFAULT_RELAY_ID,
+        lease_s: float = 5.0,
+    ) -> PostgresStore:
         """Connect and migrate; if the server does not answer within `wait_s`, a store that keeps trying (in
         `run`) and refuses every operation until then. A schema newer than this relay knows raises."""
-        store = cls(url, pool_size=pool_size)
+        store = cls(url, pool_size=pool_size, relay_id=relay_id, lease_s=lease_s)
         store._pool = AsyncConnectionPool(
             url, min_size=min(2, pool_size), max_size=pool_size, open=False, kwargs=connect_kwargs(url),
-            configure=_configure, timeout=ACQUIRE_S, name="relay-store",
+            configure=functools.partial(_configure, origin=relay_id), timeout=ACQUIRE_S, name="relay-store",
             # The pool's own backoff doubles without a bound (1 s, 2 s, 4 s, ... for minutes): instead it gives up
             # at once, and connects again when asked (one attempt at a time): by an operation, or by `run`, which
             # asks with its own bounded backoff while the server does not answer.
@@ -188,6 +213,8 @@ class PostgresStore:
             self._closed = True
             if self._builder is not None:
                 self._builder.shutdown(wait=False, cancel_futures=True)
+            if self._listener is not None:
+                await self._listener.close()
             if self._pool is not None:
                 await self._pool.close()
 
@@ -320,7 +347,7 @@ class PostgresStore:
     # ---- alerts --------------------------------------------------------------------------------------
 
     async def accept(self, new: NewAlert) -> Accepted:
-        return await self._write(lambda conn: _op_accept(conn, new))
+        return await self._write(lambda conn: _op_accept(conn, new, self.relay_id))
 
     async def get_alert(self, alert_id: str) -> AlertRecord | None:
         return await self._read(lambda conn: _read_alert(conn, alert_id))
@@ -368,24 +395,117 @@ class PostgresStore:
 
         return await self._read(fetch)
 
+    # A relay's due alerts, its alerts to send when the primary is back, and its sends to finish after a restart
+    # are those it may claim (CLAIMABLE), and it claims them in the same statement: two relays never step one
+    # alert, and the one that did keeps it while its lease lives. `now` None: every one, claimed by none (tests).
+
     async def due_alerts(self, now: float, limit: int) -> list[AlertRecord]:
-        return await self._read_alerts(
-            f"SELECT {ALERT_COLS} FROM alerts WHERE next_action_at <= %s AND state IN {OPEN_SQL} "  # noqa: S608
-            "ORDER BY next_action_at LIMIT %s",
-            (now, limit),
+        return await self._claim(
+            f"SELECT alert_id FROM alerts a WHERE next_action_at <= %(now)s AND state IN {OPEN_SQL} "  # noqa: S608
+            f"AND {CLAIMABLE} ORDER BY next_action_at LIMIT %(limit)s",
+            now, limit, order=lambda a: (a.next_action_at or 0.0, a.alert_id),
         )
 
-    async def next_due_at(self) -> float | None:
-        row = await self._read(lambda conn: _one(
-            conn, "SELECT min(next_action_at) FROM alerts WHERE next_action_at IS NOT NULL"), snapshot=False)
+    async def next_due_at(self, now: float | None = None) -> float | None:
+        if now is None:
+            sql, args = "SELECT min(next_action_at) FROM alerts WHERE next_action_at IS NOT NULL", {}
+        else:
+            sql = f"SELECT min(next_action_at) FROM alerts a WHERE next_action_at IS NOT NULL AND {CLAIMABLE}"  # noqa: S608
+            args = {"now": now, "me": self.relay_id}
+        row = await self._read(lambda conn: _one(conn, sql, args), snapshot=False)
         return None if row is None else row[0]
 
-    async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
-        return await self._read_alerts(
-            f"SELECT {ALERT_COLS} FROM alerts WHERE state IN {OPEN_SQL} AND alert_id IN "  # noqa: S608
-            "(SELECT alert_id FROM deliveries WHERE state = 'queued' AND channel = %s) ORDER BY alert_id LIMIT %s",
-            (channel, limit),
+    async def alerts_with_queued(self, channel: str, limit: int, now: float | None = None) -> list[AlertRecord]:
+        return await self._claim(
+            f"SELECT alert_id FROM alerts a WHERE state IN {OPEN_SQL} AND {CLAIMABLE} AND alert_id IN "  # noqa: S608
+            "(SELECT alert_id FROM deliveries WHERE state = 'queued' AND channel = %(channel)s) "
+            "ORDER BY alert_id LIMIT %(limit)s",
+            now, limit, channel=channel,
         )
+
+    async def _claim(
+        self, select_ids: str, now: float | None, limit: int, *, order: Callable[[AlertRecord], Any] | None = None,
+        **args: Any,
+    ) -> list[AlertRecord]:
+        """The alerts `select_ids` finds (unlocked ones only), claimed for this relay, with their deliveries."""
+        params = {"now": math.inf if now is None else now, "me": self.relay_id, "limit": limit, **args}
+        if now is None:
+            select_ids = select_ids.replace(CLAIMABLE, "true")
+        sql = (f"UPDATE alerts SET claimed_by = %(me)s WHERE alert_id IN ({select_ids} FOR UPDATE SKIP LOCKED) "  # noqa: S608
+               f"RETURNING {ALERT_COLS}")
+
+        async def claim(conn: Conn) -> list[AlertRecord]:
+            return await _hydrate(conn, await _all(conn, sql, params))
+
+        # a claim lost in a crash of the server is harmless: the alert is claimable again
+        found = await self._write(claim, durable=False)
+        return sorted(found, key=order or (lambda a: a.alert_id))
+
+    # ---- leases: several relays on one database --------------------------------------------------------------
+
+    async def renew_lease(self, now: float) -> Lease:
+        """This relay's lease, live for `lease_s` from `now`; what the renewal found."""
+        row = await self._write(lambda conn: _op_renew_lease(conn, self.relay_id, self._instance, now,
+                                                             self._lease_s), durable=False)
+        first, self._leased = not self._leased, True
+        alive, old_instance, old_until = row
+        held = old_until is not None and old_until > now
+        return Lease(
+            alive=alive,
+            lapsed=old_until is not None and not held and not first,
+            other_instance=old_instance is not None and old_instance != self._instance and held,
+        )
+
+    async def take_over(self, now: float, limit: int) -> list[AlertRecord]:
+        """Open alerts and unfinished sends of relays whose lease lapsed, claimed for this one; an alert with a
+        delivery never sent is made due now (the dead relay may have stored it and died before the publish)."""
+        dead = await self._read(lambda conn: _all(
+            conn, "SELECT relay_id, lease_until FROM relays WHERE lease_until <= %s AND relay_id <> %s",
+            (now, self.relay_id)), snapshot=False)
+        fresh = [(r, until) for r, until in dead if self._taken_over.get(r) != until]
+        if not fresh:
+            return []
+        ids = [r for r, _ in fresh]
+        found = await self._write(lambda conn: _op_take_over(conn, ids, self.relay_id, now, limit))
+        if len(found) < limit:  # all of theirs are someone's now: not looked for again until they die again
+            self._taken_over.update(fresh)
+        return found
+
+    async def last_change(self) -> int:
+        row = await self._read(lambda conn: _one(conn, "SELECT coalesce(max(seq), 0) FROM alert_changes"),
+                               snapshot=False)
+        return 0 if row is None else int(row[0])
+
+    async def changes_after(self, seq: int, missing: Sequence[int], limit: int) -> list[AlertChange]:
+        """Changes after `seq`, and those of `missing` (sequence numbers of transactions not committed when `seq`
+        was read) that are committed now, in order."""
+        rows = await self._read(lambda conn: _all(
+            conn,
+            "SELECT seq, alert_id, origin, extract(epoch FROM clock_timestamp()) - at FROM alert_changes "
+            "WHERE seq > %s OR seq = ANY(%s) ORDER BY seq LIMIT %s",
+            (seq, list(missing), limit)), snapshot=False)
+        return [AlertChange(int(r[0]), r[1], r[2], max(0.0, float(r[3]))) for r in rows]
+
+    async def wait_for_change(self, within_s: float) -> None:
+        """Until another relay's NOTIFY says a change was committed, or `within_s`. Without a listening connection
+        (the server away) it waits the timeout: the reader polls."""
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._url))
+                await self._listener.execute(f"LISTEN {CHANGES_CHANNEL}")
+            async for _ in self._listener.notifies(timeout=within_s, stop_after=1):
+                pass
+        except psycopg.Error as exc:
+            log.info("change feed listener lost; polling", extra={"event": "change_listen_lost", "error": str(exc)})
+            if self._listener is not None:
+                await self._listener.close()
+            self._listener = None
+            await asyncio.sleep(within_s)
+
+    async def get_alerts(self, alert_ids: Sequence[str]) -> list[AlertRecord]:
+        ids = list(alert_ids)
+        return await self._read_alerts(
+            f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id = ANY(%s) ORDER BY alert_id", (ids,))  # noqa: S608
 
     async def count_open(self) -> int:
         row = await self._read(
@@ -436,13 +556,13 @@ class PostgresStore:
         return await self._write(lambda conn: _op_delivery_report(conn, delivery_id, at, delivered, error),
                                  durable=False)
 
-    async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
+    async def alerts_with_sending(self, limit: int, now: float | None = None) -> list[AlertRecord]:
         # closed ones too: the dispatcher sends what is still worth sending and cancels the rest (a restart must
-        # not leave a delivery "sending" for ever)
-        return await self._read_alerts(
-            f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id IN "  # noqa: S608
-            "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT %s",
-            (limit,),
+        # not leave a delivery "sending" for ever); of another relay's, only those it can no longer finish
+        return await self._claim(
+            f"SELECT alert_id FROM alerts a WHERE {CLAIMABLE} AND alert_id IN "  # noqa: S608
+            "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT %(limit)s",
+            now, limit,
         )
 
     async def find_by_code(self, code: str, now: float) -> AlertRecord | None:
@@ -591,20 +711,22 @@ class PostgresStore:
         await self._write(_op_heartbeat)
 
 
-async def _configure(conn: Conn) -> None:
+async def _configure(conn: Conn, *, origin: str) -> None:
     for statement in SESSION_SQL:
         await conn.execute(statement)
+    # what the change feed's trigger writes as the change's origin (a relay skips its own changes)
+    await conn.execute("SELECT set_config(%s, %s, false)", (ORIGIN_SETTING, origin))
 
 
 # ---- small helpers --------------------------------------------------------------------------------------
 
 
-async def _one(conn: Conn, sql: str, args: Sequence[Any] = ()) -> Row | None:
+async def _one(conn: Conn, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
     cur = await conn.execute(sql, args)  # SQL built from fixed fragments only
     return await cur.fetchone()
 
 
-async def _all(conn: Conn, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+async def _all(conn: Conn, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> list[Row]:
     cur = await conn.execute(sql, args)  # SQL built from fixed fragments only
     return await cur.fetchall()
 
@@ -620,7 +742,7 @@ async def _op_heartbeat(conn: Conn) -> None:
 # ---- operations, each inside its own transaction -------------------------------------------------------
 
 
-async def _op_accept(conn: Conn, new: NewAlert) -> Accepted:
+async def _op_accept(conn: Conn, new: NewAlert, relay_id: str) -> Accepted:
     a = new.alert
     found = await conn.execute(
         "SELECT content_sha256, alert_id FROM alerts WHERE operator_id = %s AND report_id = %s",
@@ -644,12 +766,14 @@ async def _op_accept(conn: Conn, new: NewAlert) -> Accepted:
     await conn.execute(
         "INSERT INTO alerts (alert_id, operator_id, report_id, content_sha256, report_json, desks_json, "
         "short_code, priority, stale, state, source, created_at, next_action_at, backup_rounds, last_backup_at, "
-        "track_id, closed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "track_id, closed_at, claimed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+        "%s)",
         (
             a.alert_id, a.operator_id, a.report_id, new.content_sha256,
             json.dumps(a.report.as_submitted(), ensure_ascii=False, separators=(",", ":")), json.dumps(a.desks),
             code, a.priority, a.stale, a.state.value, new.source, a.created_at, a.next_action_at,
             a.backup_rounds, a.last_backup_at, a.track_id or a.alert_id, None if a.ack is None else a.created_at,
+            relay_id,  # the accepting relay sends it, and holds its timers while it lives
         ),
     )
     await _save_track(conn, new.track_estimate(), a.created_at)
@@ -966,6 +1090,44 @@ async def _op_first_inbound(conn: Conn, channel: str, message_id: str, at: float
     return row is not None
 
 
+async def _op_renew_lease(
+    conn: Conn, relay_id: str, instance: str, now: float, lease_s: float
+) -> tuple[int, str | None, float | None]:
+    """The relay's lease renewed; how many relays are alive, and the lease as it was (instance, until)."""
+    was = await conn.execute("SELECT instance, lease_until FROM relays WHERE relay_id = %s FOR UPDATE", (relay_id,))
+    old = await was.fetchone()
+    await conn.execute(
+        "INSERT INTO relays (relay_id, instance, started_at, lease_until) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (relay_id) DO UPDATE SET lease_until = excluded.lease_until, instance = excluded.instance, "
+        "started_at = CASE WHEN relays.instance = excluded.instance THEN relays.started_at "
+        "ELSE excluded.started_at END",
+        (relay_id, instance, now, now + lease_s),
+    )
+    alive = await _one(conn, "SELECT count(*) FROM relays WHERE lease_until > %s", (now,))
+    return (int(alive[0]) if alive else 1, *(old if old is not None else (None, None)))
+
+
+async def _op_take_over(conn: Conn, dead: list[str], relay_id: str, now: float, limit: int) -> list[AlertRecord]:
+    # open alerts through the due-time index (every open alert has a due time: its give-up at least), and closed
+    # ones with a send marked sending through that partial index: no scan of the whole table
+    rows = await _all(
+        conn,
+        "UPDATE alerts SET claimed_by = %(me)s, next_action_at = CASE WHEN next_action_at IS NOT NULL AND EXISTS "  # noqa: S608
+        "(SELECT 1 FROM deliveries d WHERE d.alert_id = alerts.alert_id AND d.state = 'queued' AND d.attempts = 0) "
+        "THEN least(next_action_at, %(now)s) ELSE next_action_at END "
+        "WHERE alert_id IN (SELECT alert_id FROM ("
+        "SELECT alert_id FROM alerts WHERE next_action_at IS NOT NULL AND claimed_by = ANY(%(dead)s) "
+        "UNION SELECT d.alert_id FROM deliveries d JOIN alerts a USING (alert_id) "
+        "WHERE d.state = 'sending' AND a.claimed_by = ANY(%(dead)s)) t "
+        # checked again on the row as it is once its lock is had: another relay's takeover that came first wins
+        f"ORDER BY alert_id LIMIT %(limit)s) AND claimed_by = ANY(%(dead)s) RETURNING {ALERT_COLS}",
+        {"me": relay_id, "now": now, "dead": dead, "limit": limit},
+    )
+    # locked in the UPDATE: a relay taking over beside this one waits for these rows, then finds them claimed
+    # by a live relay and leaves them
+    return await _hydrate(conn, rows)
+
+
 async def _op_prune(conn: Conn, before: float, batch: int) -> int:
     # Every `at`-like column here is indexed: a batch finds its rows without a scan, and stays small so a big
     # prune never holds locks (and the reports waiting on them) for long.
@@ -976,6 +1138,10 @@ async def _op_prune(conn: Conn, before: float, batch: int) -> int:
         "(SELECT kind, endpoint, source, bucket FROM auth_failures WHERE last_at < %s LIMIT %s)",
         "DELETE FROM inbound_messages WHERE (channel, message_id) IN "
         "(SELECT channel, message_id FROM inbound_messages WHERE at < %s LIMIT %s)",
+        # oldest first along the key (the old rows are its first ones): no index on `at` to write at every change
+        "DELETE FROM alert_changes WHERE seq IN (SELECT seq FROM alert_changes WHERE at < %s ORDER BY seq LIMIT %s)",
+        # a relay gone that long: its claims were taken over long ago (a claim by an id with no row is claimable)
+        "DELETE FROM relays WHERE relay_id IN (SELECT relay_id FROM relays WHERE lease_until < %s LIMIT %s)",
     )]
     total = 0
     for cur in counts:

@@ -5,9 +5,8 @@ one transaction with the version row. The first relay that starts migrates; a tr
 makes any other relay starting at the same moment wait, then find the work done.
 
 Times are epoch seconds as `double precision`, as the relay's clock gives them (an injected clock in tests), so
-what is stored reads back equal. The report is kept as the text it was submitted as. Columns that several relays
-will need (a claim on a delivery or a timer: `claimed_by`, `lease_until`) are added by a later step with
-`ALTER TABLE ... ADD COLUMN`, which PostgreSQL does without rewriting a table.
+what is stored reads back equal. The report is kept as the text it was submitted as. A column added later comes
+with `ALTER TABLE ... ADD COLUMN` without a default, which PostgreSQL does without rewriting a table.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ import psycopg
 from psycopg.rows import TupleRow
 
 OPEN_SQL = "('pending', 'delivered')"
+ORIGIN_SETTING = "uav_relay.origin"  # each connection of a relay sets it to the relay's id (see alert_changes)
+CHANGES_CHANNEL = "uav_relay_changes"  # NOTIFY: a change was committed; wakes the other relays' readers
 
 # Every index here is written at each report's commit: an index earns its place only if a query on the hot path or
 # the API needs it (tests/test_store_postgres.py asks the planner for every statement the engine's work issues).
@@ -147,6 +148,51 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX tracks_last_seen ON tracks (last_seen)",
         "CREATE INDEX tracks_updated ON tracks (updated_at)",
+    ],
+    # 2: several relays on one database (CONTRACT.md, "More than one relay")
+    [
+        # Each relay's lease: its claims hold while `lease_until` is ahead (it renews every lease_s / 4); when it
+        # dies they lapse, and any other relay takes its timers and unfinished sends. One row per relay: renewing
+        # is one write, however many alerts the relay holds.
+        """
+        CREATE TABLE relays (
+            relay_id     text PRIMARY KEY,           -- its mqtt.client_id
+            instance     text NOT NULL,              -- the process: two processes with one id are told apart
+            started_at   double precision NOT NULL,
+            lease_until  double precision NOT NULL
+        )
+        """,
+        # The relay that accepted or last stepped an alert holds its timers and unfinished sends while its lease
+        # lives; NULL: no relay (rows from before this step).
+        "ALTER TABLE alerts ADD COLUMN claimed_by text",
+        # Every change of an alert's state or track, in commit order of its sequence, written by the trigger below
+        # in the change's own transaction (a NOTIFY alone is lost while a relay is not listening); each relay
+        # reads those of the others and tells its operators. `origin` is the writing relay's session setting.
+        """
+        CREATE TABLE alert_changes (
+            seq       bigserial PRIMARY KEY,
+            alert_id  text NOT NULL,
+            origin    text NOT NULL,
+            at        double precision NOT NULL
+        )
+        """,
+        f"""
+        CREATE FUNCTION relay_alert_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO alert_changes (alert_id, origin, at)
+            VALUES (NEW.alert_id, coalesce(current_setting('{ORIGIN_SETTING}', true), ''),
+                    extract(epoch FROM clock_timestamp()));
+            PERFORM pg_notify('{CHANGES_CHANNEL}', '');
+            RETURN NULL;
+        END
+        $$
+        """,  # noqa: S608 - two constants of this module
+        "CREATE TRIGGER alerts_inserted AFTER INSERT ON alerts FOR EACH ROW EXECUTE FUNCTION relay_alert_changed()",
+        """
+        CREATE TRIGGER alerts_changed AFTER UPDATE OF state, track_id ON alerts FOR EACH ROW
+        WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.track_id IS DISTINCT FROM NEW.track_id)
+        EXECUTE FUNCTION relay_alert_changed()
+        """,
     ],
 ]
 

@@ -31,11 +31,13 @@ from relay.domain.records import (
     AcceptOutcome,
     AckRecord,
     AckResult,
+    AlertChange,
     AlertRecord,
     AttemptOutcome,
     AuthFailureTally,
     DeliveryRecord,
     EventRecord,
+    Lease,
     NewAlert,
     OpenAlert,
     OpenInTrack,
@@ -110,6 +112,9 @@ def _read_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, An
 
 
 class SQLiteStore:
+    shared = False  # one relay per file: no claims, leases or change feed (they answer as for a lone relay)
+    relay_id = ""
+
     def __init__(self, path: Path) -> None:
         self._path = path
         # Writes wait here until the writer's next flush: one plain loop callback (not a task woken through a
@@ -389,14 +394,14 @@ class SQLiteStore:
         return _hydrate(conn, rows)
 
     @_read_errors
-    async def next_due_at(self) -> float | None:
+    async def next_due_at(self, now: float | None = None) -> float | None:
         row = self._read().execute(
             "SELECT min(next_action_at) FROM alerts WHERE next_action_at IS NOT NULL"
         ).fetchone()
         return None if row is None else row[0]
 
     @_read_errors
-    async def alerts_with_queued(self, channel: str, limit: int) -> list[AlertRecord]:
+    async def alerts_with_queued(self, channel: str, limit: int, now: float | None = None) -> list[AlertRecord]:
         conn = self._read()
         rows = conn.execute(
             f"SELECT {ALERT_COLS} FROM alerts WHERE state IN {_OPEN_SQL} AND alert_id IN "  # noqa: S608
@@ -404,6 +409,33 @@ class SQLiteStore:
             (channel, limit),
         ).fetchall()
         return _hydrate(conn, rows)
+
+    @_read_errors
+    async def get_alerts(self, alert_ids: Sequence[str]) -> list[AlertRecord]:
+        conn = self._read()
+        ids = list(alert_ids)
+        rows = conn.execute(
+            f"SELECT {ALERT_COLS} FROM alerts WHERE alert_id IN (SELECT value FROM json_each(?)) "  # noqa: S608
+            "ORDER BY alert_id", (json.dumps(ids),),
+        ).fetchall()
+        return _hydrate(conn, rows)
+
+    # ---- several relays: one relay per SQLite file, so each answers as for a lone relay ----------------------
+
+    async def renew_lease(self, now: float) -> Lease:
+        return Lease(alive=1, lapsed=False, other_instance=False)
+
+    async def take_over(self, now: float, limit: int) -> list[AlertRecord]:
+        return []
+
+    async def last_change(self) -> int:
+        return 0
+
+    async def changes_after(self, seq: int, missing: Sequence[int], limit: int) -> list[AlertChange]:
+        return []
+
+    async def wait_for_change(self, within_s: float) -> None:
+        await asyncio.sleep(within_s)
 
     @_read_errors
     async def count_open(self) -> int:
@@ -458,7 +490,7 @@ class SQLiteStore:
         )
 
     @_read_errors
-    async def alerts_with_sending(self, limit: int) -> list[AlertRecord]:
+    async def alerts_with_sending(self, limit: int, now: float | None = None) -> list[AlertRecord]:
         conn = self._read()
         # closed ones too: the dispatcher sends what is still worth sending and cancels the rest (a restart must
         # not leave a delivery "sending" for ever)

@@ -1,0 +1,57 @@
+"""Several relays on one store: this relay's lease, and the work of relays whose lease lapsed.
+
+A relay claims the alerts it accepts and steps (Store.due_alerts and friends) and holds them while its lease
+lives; here it renews the lease, and takes over, within `lease_s` + one look, the open alerts and unfinished sends
+of any relay that stopped renewing its own (GoAlert's engine cycles on a shared database, with Alertmanager's
+preference: a send twice, recognisably, rather than never). The lease is in the relay's clock, like every due time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from relay.domain.clock import Clock
+from relay.engine.engine import Engine
+from relay.engine.metrics import Metrics
+from relay.store.base import Store, StoreUnavailable
+
+log = logging.getLogger("relay.peers")
+
+LOOK_EVERY_S = 1.0  # the lease renewed and dead relays looked for this often (at most lease_s / 4)
+TAKEOVER_BATCH = 500
+
+
+class Peers:
+    def __init__(self, *, store: Store, engine: Engine, clock: Clock, metrics: Metrics, lease_s: float) -> None:
+        self._store, self._engine, self._clock, self._metrics = store, engine, clock, metrics
+        self._every_s = min(LOOK_EVERY_S, lease_s / 4)
+
+    async def renew(self) -> None:
+        """Renew this relay's lease; say what the renewal found. StoreUnavailable is raised."""
+        now = self._clock.now()
+        lease = await self._store.renew_lease(now)
+        self._metrics.peers_alive.set(lease.alive)
+        if lease.lapsed:
+            self._metrics.lease_lapsed.inc()
+            log.error("this relay's lease had lapsed: another relay may have taken over its alerts; it goes on with "
+                      "what it still holds", extra={"event": "lease_lapsed", "relay_id": self._store.relay_id})
+        if lease.other_instance:
+            log.warning(
+                "another process held this relay's lease: an earlier run of this relay that ended moments ago, or a "
+                "second relay with the same mqtt.client_id (each relay needs its own)",
+                extra={"event": "lease_other_instance", "relay_id": self._store.relay_id},
+            )
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.renew()
+                while True:
+                    taken = await self._store.take_over(self._clock.now(), TAKEOVER_BATCH)
+                    if taken:
+                        self._engine.took_over(taken)
+                    if len(taken) < TAKEOVER_BATCH:
+                        break
+            except StoreUnavailable:
+                pass  # the store says so itself; the claims of a relay that cannot reach it lapse, as they should
+            await self._clock.sleep_until(self._clock.now() + self._every_s)
