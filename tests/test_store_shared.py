@@ -220,3 +220,17 @@ async def test_a_change_committed_after_a_later_one_is_not_missed(relay: Relay, 
     finally:
         reader.cancel()
         await asyncio.wait([reader])
+
+
+async def test_renewals_at_once_all_renew(relay: Relay, postgres_url: str) -> None:
+    """The relay's start and its lease loop may renew at the same moment (once, that left a relay taking reports
+    with no lease: another relay sent them too)."""
+    import psycopg
+
+    r1 = await relay("r1")
+    now = time.time()
+    leases = await asyncio.gather(*(r1.renew_lease(now + n * 0.01) for n in range(5)))
+    assert [lease.alive for lease in leases] == [1] * 5
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT relay_id, lease_until FROM relays")
+        assert [(r, round(u - now, 2)) for r, u in await cur.fetchall()] == [("r1", LEASE_S + 0.04)]

@@ -8,6 +8,8 @@ preference: a send twice, recognisably, rather than never). The lease is in the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from relay.domain.clock import Clock
@@ -43,15 +45,24 @@ class Peers:
             )
 
     async def run(self) -> None:
+        # two loops: a takeover of thousands of alerts must not hold up this relay's own renewal
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keep_lease())
+            tg.create_task(self._look_for_the_dead())
+
+    async def _keep_lease(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(StoreUnavailable):  # the claims of a relay cut off from the store lapse
                 await self.renew()
+            await self._clock.sleep_until(self._clock.now() + self._every_s)
+
+    async def _look_for_the_dead(self) -> None:
+        while True:
+            with contextlib.suppress(StoreUnavailable):  # the store says so itself
                 while True:
                     taken = await self._store.take_over(self._clock.now(), TAKEOVER_BATCH)
                     if taken:
                         self._engine.took_over(taken)
                     if len(taken) < TAKEOVER_BATCH:
                         break
-            except StoreUnavailable:
-                pass  # the store says so itself; the claims of a relay that cannot reach it lapse, as they should
             await self._clock.sleep_until(self._clock.now() + self._every_s)

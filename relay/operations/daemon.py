@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from zoneinfo import ZoneInfo
 
@@ -267,6 +268,11 @@ class Relay:
                 housekeeping += [tg.create_task(jobs.supervise("change_feed", feed.run), name="change_feed"),
                                  tg.create_task(jobs.supervise("peers", peers.run), name="peers")]
             engine_task = tg.create_task(_engine_when_store_answers(engine, tracks_loaded, peers), name="engine")
+            if peers is not None:
+                # before intake opens: a report this relay accepts is claimed by it, and a claim of a relay that
+                # holds no lease yet is anyone's (another relay would send it too)
+                with contextlib.suppress(StoreUnavailable):  # the engine's start renews it when the store answers
+                    await peers.renew()
             dispatch_task = tg.create_task(dispatcher.run(), name="dispatch")
             events = MqttEventPublisher(bus, mqtt, topics, self.metrics)
             events_task = tg.create_task(jobs.supervise("events", events.run), name="events")

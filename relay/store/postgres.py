@@ -151,6 +151,10 @@ class PostgresStore:
         self._leased = False  # this process has renewed its lease at least once
         self._taken_over: dict[str, float] = {}  # relays whose claims were all taken: id -> their lease_until then
         self._listener: Conn | None = None  # the change feed's LISTEN connection
+        # The lease is renewed on a connection of its own: behind a burst's hundreds of operations queued for the
+        # pool it would come late, the lease lapse, and another relay take over the work of one still doing it.
+        self._lease_conn: Conn | None = None
+        self._lease_lock = asyncio.Lock()  # one renewal at a time on it (the start and the lease loop may overlap)
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
@@ -213,8 +217,9 @@ class PostgresStore:
             self._closed = True
             if self._builder is not None:
                 self._builder.shutdown(wait=False, cancel_futures=True)
-            if self._listener is not None:
-                await self._listener.close()
+            for own in (self._listener, self._lease_conn):
+                if own is not None:
+                    await own.close()
             if self._pool is not None:
                 await self._pool.close()
 
@@ -445,16 +450,32 @@ class PostgresStore:
 
     async def renew_lease(self, now: float) -> Lease:
         """This relay's lease, live for `lease_s` from `now`; what the renewal found."""
-        row = await self._write(lambda conn: _op_renew_lease(conn, self.relay_id, self._instance, now,
-                                                             self._lease_s), durable=False)
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        async with self._lease_lock:
+            alive, old_instance, old_until = await self._renew_on_own_connection(now)
         first, self._leased = not self._leased, True
-        alive, old_instance, old_until = row
         held = old_until is not None and old_until > now
         return Lease(
             alive=alive,
             lapsed=old_until is not None and not held and not first,
             other_instance=old_instance is not None and old_instance != self._instance and held,
         )
+
+    async def _renew_on_own_connection(self, now: float) -> tuple[int, str | None, float | None]:
+        try:
+            if self._lease_conn is None or self._lease_conn.closed:
+                self._lease_conn = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._url))
+                await _configure(self._lease_conn, origin=self.relay_id)
+            async with self._lease_conn.transaction():
+                await self._lease_conn.execute("SET LOCAL synchronous_commit = off")
+                return await _op_renew_lease(self._lease_conn, self.relay_id, self._instance, now, self._lease_s)
+        except psycopg.Error as exc:
+            if self._lease_conn is not None:
+                await self._lease_conn.close()
+            self._lease_conn = None
+            # not the store's own failure (its operations say that): this relay's claims lapse, as they should
+            raise StoreUnavailable(f"cannot renew the lease: {type(exc).__name__}: {exc}") from exc
 
     async def take_over(self, now: float, limit: int) -> list[AlertRecord]:
         """Open alerts and unfinished sends of relays whose lease lapsed, claimed for this one; an alert with a
