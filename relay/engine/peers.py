@@ -27,11 +27,22 @@ class Peers:
     def __init__(self, *, store: Store, engine: Engine, clock: Clock, metrics: Metrics, lease_s: float) -> None:
         self._store, self._engine, self._clock, self._metrics = store, engine, clock, metrics
         self._every_s = min(LOOK_EVERY_S, lease_s / 4)
+        self._lease_s = lease_s
+        # Since when this relay's lease has been live without a break; None: not live now. A relay takes over no
+        # other until it has held its own for lease_s: after an outage of the store every lease has lapsed, and
+        # the first relay back must leave the others the time to renew theirs (else it would send their work too).
+        self._held_since: float | None = None
 
     async def renew(self) -> None:
         """Renew this relay's lease; say what the renewal found. StoreUnavailable is raised."""
         now = self._clock.now()
-        lease = await self._store.renew_lease(now)
+        try:
+            lease = await self._store.renew_lease(now)
+        except StoreUnavailable:
+            self._held_since = None
+            raise
+        if self._held_since is None or lease.lapsed:
+            self._held_since = now
         self._metrics.peers_alive.set(lease.alive)
         if lease.lapsed:
             self._metrics.lease_lapsed.inc()
@@ -58,8 +69,10 @@ class Peers:
 
     async def _look_for_the_dead(self) -> None:
         while True:
+            now = self._clock.now()
+            held = self._held_since is not None and now - self._held_since >= self._lease_s
             with contextlib.suppress(StoreUnavailable):  # the store says so itself
-                while True:
+                while held:
                     taken = await self._store.take_over(self._clock.now(), TAKEOVER_BATCH)
                     if taken:
                         self._engine.took_over(taken)

@@ -12,7 +12,7 @@ import collections
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -25,6 +25,9 @@ from tests.support.relay import DESK1_PHONE, DESK_TOKEN, OPERATOR_TOKEN, report,
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_fake import TwilioFake
 from tests.support.wait import eventually, free_port
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
 
 pytest_plugins = ("tests.support.postgres",)
 
@@ -238,3 +241,36 @@ async def test_a_report_to_another_relay_joins_the_track_a_first_relay_started(
         assert status == 201
         _, joined = await api(b, "GET", f"/api/v1/alerts/{second['alert_id']}")
         assert joined["track_id"] == track_id
+
+
+async def test_postgresql_stopped_under_two_relays_refuses_reports_then_both_resume_by_themselves(
+    broker: Mosquitto, postgres_server: PostgresServer, postgres_url: str, tmp_path: Path,
+    relay_process: list[RelayProcess],
+) -> None:
+    a, b = await two_relays(tmp_path, relay_process, [
+        relay_settings(broker, tmp_path / "a", postgres_url, "relay-a"),
+        relay_settings(broker, tmp_path / "b", postgres_url, "relay-b"),
+    ])
+    async with Console(broker.port, "airfield-1") as console:
+        before = [await api(r, "POST", "/api/v1/reports", json=report(f"before-{n}")) for n, r in enumerate((a, b))]
+        assert [s for s, _ in before] == [201, 201]
+        postgres_server.stop()
+        try:
+            for n, r in enumerate((a, b)):  # nothing is claimed accepted while no database answers
+                status, body = await api(r, "POST", "/api/v1/reports", json=report(f"during-{n}"))
+                assert status == 503, body
+            await asyncio.sleep(LEASE_S + 1)  # the fault itself: an outage longer than every lease
+        finally:
+            postgres_server.start()
+
+        async def accepted_again() -> bool:
+            statuses = [(await api(r, "POST", "/api/v1/reports", json=report(f"after-{n}")))[0]
+                        for n, r in enumerate((a, b))]
+            return statuses == [201, 201]
+
+        await eventually(accepted_again, timeout=30, interval=0.5, what="both relays taking reports again")
+        seen: collections.Counter[str] = collections.Counter()
+        wanted = {x["alert_id"] for _, x in before}
+        await eventually(lambda: _seen_all(console, seen, wanted), timeout=10, what="the reports from before")
+    for r in (a, b):  # each renewed its own lease in time: neither took the other's work (and sent it twice)
+        assert "takeover" not in {line.get("event") for line in r.log_lines()}, r.log_tail()
