@@ -508,14 +508,17 @@ class PostgresStore:
         return [AlertChange(int(r[0]), r[1], r[2], max(0.0, float(r[3]))) for r in rows]
 
     async def wait_for_change(self, within_s: float) -> None:
-        """Until another relay's NOTIFY says a change was committed, or `within_s`. Without a listening connection
+        """Until another relay's NOTIFY says it committed a change, or `within_s`. Without a listening connection
         (the server away) it waits the timeout: the reader polls."""
         try:
             if self._listener is None or self._listener.closed:
                 self._listener = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._url))
                 await self._listener.execute(f"LISTEN {CHANGES_CHANNEL}")
-            async for _ in self._listener.notifies(timeout=within_s, stop_after=1):
-                pass
+            # closed on leaving (a generator left open would hold the connection's lock until collected)
+            async with contextlib.aclosing(self._listener.notifies(timeout=within_s)) as notes:
+                async for note in notes:
+                    if note.payload != self.relay_id:  # its own changes: this relay told its listeners itself
+                        break
         except psycopg.Error as exc:
             log.info("change feed listener lost; polling", extra={"event": "change_listen_lost", "error": str(exc)})
             if self._listener is not None:

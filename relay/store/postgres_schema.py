@@ -182,7 +182,8 @@ MIGRATIONS: list[list[str]] = [
             INSERT INTO alert_changes (alert_id, origin, at)
             VALUES (NEW.alert_id, coalesce(current_setting('{ORIGIN_SETTING}', true), ''),
                     extract(epoch FROM clock_timestamp()));
-            PERFORM pg_notify('{CHANGES_CHANNEL}', '');
+            -- the payload names the relay that made it: that one has nothing to read (one NOTIFY per transaction)
+            PERFORM pg_notify('{CHANGES_CHANNEL}', coalesce(current_setting('{ORIGIN_SETTING}', true), ''));
             RETURN NULL;
         END
         $$
