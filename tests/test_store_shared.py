@@ -65,6 +65,8 @@ async def test_a_due_alert_is_stepped_by_the_relay_that_holds_it_and_by_another_
 
     later = now + LEASE_S + 0.1  # r1 renewed no more: its lease has lapsed
     await r2.renew_lease(later)
+    assert await r2.due_alerts(later, 10) == []  # a dead relay's alerts are taken over, counted, before anything
+    assert [x.alert_id for x in await r2.take_over(later, 10)] == [a.alert_id]
     assert [x.alert_id for x in await r2.due_alerts(later, 10)] == [a.alert_id]
     assert await r1.due_alerts(later, 10) == []  # r2 holds it now, and r2 is alive
 

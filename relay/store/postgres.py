@@ -88,10 +88,12 @@ Conn = psycopg.AsyncConnection[TupleRow]
 Row = tuple[Any, ...]
 
 DEFAULT_RELAY_ID = "uav-relay-1"  # mqtt.client_id's default: a relay's name in the database is its client id
-# An alert this relay may step or send: claimed by none, by itself, or by a relay whose lease has lapsed (or that
-# has no lease any more). `a` is the alerts table; parameters `now` and `me`.
+# An alert this relay may step or send: claimed by none, by itself, or by a relay the database no longer knows (its
+# row pruned). Not one of a relay whose lease lapsed: those go through `take_over` alone, so that every takeover is
+# counted and logged, and none happens before the taker has held its own lease for lease_s (after an outage of the
+# database every lease has lapsed at once). `a` is the alerts table; parameter `me`.
 CLAIMABLE = ("(a.claimed_by IS NULL OR a.claimed_by = %(me)s OR NOT EXISTS "
-             "(SELECT 1 FROM relays r WHERE r.relay_id = a.claimed_by AND r.lease_until > %(now)s))")
+             "(SELECT 1 FROM relays r WHERE r.relay_id = a.claimed_by))")
 POOL_SIZE = 8  # connections per relay: the engine's steps, the dispatcher's sends and the API's reads side by side
 ACQUIRE_S = 5.0  # a connection from a busy pool within this, or StoreUnavailable
 ACQUIRE_DOWN_S = 0.5  # the same while the server is known not to answer: a report is refused soon, not late
