@@ -51,6 +51,7 @@ class Options:
     keep: bool
     hostile: bool = False
     tracks: bool = False
+    relays: int = 1
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -64,12 +65,17 @@ def parse(argv: Sequence[str] | None) -> Options:
     p.add_argument("--hostile", action="store_true", help="mix hostile traffic into the load (bench/soak_hostile.py)")
     p.add_argument("--tracks", action="store_true",
                    help="tracks on, and the reports are callers' sightings of 40 drones crossing the region")
+    p.add_argument("--relays", type=int, choices=(1, 3), default=1,
+                   help="3: three relays on one PostgreSQL and a three-node NATS cluster, one relay SIGKILLed at 1/3 "
+                        "and one NATS node at 2/3 (bench/soak_relays.py); no recovery phase, --open ignored")
     a = p.parse_args(argv)
+    if a.relays > 1 and (a.hostile or a.tracks):
+        p.error("--relays 3 goes without --hostile and --tracks")
     if a.quick:
         a.reports, a.duration, a.open = 300, 12.0, min(a.open, 1000)
     if a.reports < 1 or a.duration <= 0 or a.open < 0:
         p.error("--reports and --duration must be positive, --open not negative")
-    return Options(a.reports, a.duration, a.seed, a.open, a.keep, a.hostile, a.tracks)
+    return Options(a.reports, a.duration, a.seed, a.open, a.keep, a.hostile, a.tracks, a.relays)
 
 
 # ---- posting --------------------------------------------------------------------------------------------------
@@ -438,6 +444,13 @@ async def run(o: Options, root: Path) -> int:
     logging.getLogger("mqtt").setLevel(logging.CRITICAL)
     loop_errors: Counter[str] = Counter()
     loop.set_exception_handler(lambda _, ctx: loop_errors.update([str(ctx.get("exception") or ctx.get("message"))]))
+    if o.relays > 1:
+        from bench.soak_relays import soak_relays
+
+        code = await soak_relays(o, root / "relays")
+        if loop_errors:
+            print(f"errors on the bench's own loop (its MQTT clients losing a node): {_counts(loop_errors)}")
+        return code
     s = await soak(root / "soak", o)
     print("\n".join(render_soak(s, o)), flush=True)
     if o.open:
