@@ -19,14 +19,18 @@ from relay.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("relay.peers")
 
-LOOK_EVERY_S = 1.0  # the lease renewed and dead relays looked for this often (at most lease_s / 4)
+RENEW_EVERY_S = 1.0  # the lease renewed this often (at most lease_s / 4)
+# dead relays looked for this often (at most lease_s / 8): a takeover within lease_s + 1 s needs a look well inside
+# that second (one look is one read of the few rows of `relays`)
+LOOK_EVERY_S = 0.5
 TAKEOVER_BATCH = 500
 
 
 class Peers:
     def __init__(self, *, store: Store, engine: Engine, clock: Clock, metrics: Metrics, lease_s: float) -> None:
         self._store, self._engine, self._clock, self._metrics = store, engine, clock, metrics
-        self._every_s = min(LOOK_EVERY_S, lease_s / 4)
+        self._renew_every_s = min(RENEW_EVERY_S, lease_s / 4)
+        self._look_every_s = min(LOOK_EVERY_S, lease_s / 8)
         self._lease_s = lease_s
         # Since when this relay's lease has been live without a break; None: not live now. A relay takes over no
         # other until it has held its own for lease_s: after an outage of the store every lease has lapsed, and
@@ -65,7 +69,7 @@ class Peers:
         while True:
             with contextlib.suppress(StoreUnavailable):  # the claims of a relay cut off from the store lapse
                 await self.renew()
-            await self._clock.sleep_until(self._clock.now() + self._every_s)
+            await self._clock.sleep_until(self._clock.now() + self._renew_every_s)
 
     async def _look_for_the_dead(self) -> None:
         while True:
@@ -78,4 +82,4 @@ class Peers:
                         self._engine.took_over(taken)
                     if len(taken) < TAKEOVER_BATCH:
                         break
-            await self._clock.sleep_until(self._clock.now() + self._every_s)
+            await self._clock.sleep_until(self._clock.now() + self._look_every_s)
