@@ -115,7 +115,7 @@ def test_the_compose_file_holds_together() -> None:
     compose = yaml.safe_load((DEPLOY / "container/compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {"relay", "mosquitto", "prometheus", "grafana"}
-    supplied_at_deploy = {"./mosquitto.passwd", "./certs", "secrets.env"}  # secrets: docs/operations.md
+    supplied_at_deploy = {"./mosquitto.passwd", "./certs", "./certs/ca.pem", "secrets.env"}  # docs/operations.md
     for name, service in services.items():
         image = service.get("image", "")
         assert not image.endswith(":latest") and (":" in image or "build" in service), name
@@ -127,6 +127,8 @@ def test_the_compose_file_holds_together() -> None:
             assert port.startswith("127.0.0.1:") or port == "8883:8883", f"{name} exposes {port} to the network"
     relay = services["relay"]
     assert relay["read_only"] is True and relay["cap_drop"] == ["ALL"]
+    # the broker's plain listener is its own container's loopback: the relay must come in over TLS
+    assert relay["environment"]["RELAY_MQTT__PORT"] == "8883" and relay["environment"]["RELAY_MQTT__TLS"] == "true"
 
 
 async def test_the_production_broker_config_starts_and_the_relay_gets_in(tmp_path: Path) -> None:
