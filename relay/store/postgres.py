@@ -302,19 +302,19 @@ class PostgresStore:
         for attempt in range(RACE_RETRIES + 1):
             conn = await self._acquire()
             try:
+                # BEGIN and COMMIT as statements of the pipeline, not conn.transaction(): that costs two more
+                # steps of psycopg's machinery per operation, 0.3 ms of the relay's CPU (bench/README.md, "Several
+                # relays"). A failed operation is rolled back below, before its connection goes back to the pool.
                 async with conn.pipeline():
                     if snapshot:  # a read of several statements sees one moment, as a SQLite read transaction
                         await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                        try:
-                            result = await op(conn)
-                        finally:
-                            await conn.execute("COMMIT")
                     else:
-                        async with conn.transaction():
-                            if not durable:
-                                # what a power cut may cost here is a send repeated or a count lost, never a report
-                                await conn.execute("SET LOCAL synchronous_commit = off")
-                            result = await op(conn)
+                        await conn.execute("BEGIN")
+                        if not durable:
+                            # what a power cut may cost here is a send repeated or a count lost, never a report
+                            await conn.execute("SET LOCAL synchronous_commit = off")
+                    result = await op(conn)
+                    await conn.execute("COMMIT")
                 self._working()
                 return result
             except _RACES as exc:
@@ -330,8 +330,19 @@ class PostgresStore:
                     await conn.close()  # cancelled in the middle of a statement: the pool makes a new one
                 raise
             finally:
+                await self._rolled_back(conn)
                 await self._release(conn)
         raise AssertionError("unreachable")
+
+    async def _rolled_back(self, conn: Conn) -> None:
+        """A connection left in a transaction (an operation that failed or lost a race) rolled back, or closed."""
+        status = conn.info.transaction_status
+        if conn.closed or status not in (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR):
+            return
+        try:
+            await conn.rollback()
+        except psycopg.Error:
+            await conn.close()
 
     async def _write(self, op: Callable[[Conn], Awaitable[T]], *, durable: bool = True) -> T:
         return await self._run(op, doing="write to", durable=durable)
