@@ -272,3 +272,31 @@ async def test_a_call_before_the_channel_runs_fails_cleanly() -> None:
 def test_codes_are_spelled_sign_by_sign() -> None:
     assert spell_code("AB-7") == "Альфа, Браво, тире, семь"
     assert spell_code("жz09") == "Ж, Зулу, ноль, девять"
+
+
+async def test_a_machine_known_from_the_status_callback_cannot_ack_without_answered_by(rig: Rig) -> None:
+    call = await rig.call()
+    await rig.twilio.answer(call, by="machine_start")
+    params = {"CallSid": call.sid, "AccountSid": ACCOUNT_SID, "From": FROM_NUMBER, "To": PHONE, "Digits": "1"}
+    status, _ = await post_signed(call.gather_action, params)  # this post does not repeat AnsweredBy
+    assert status == 200 and rig.sink.keys == []
+
+
+async def test_without_machine_detection_no_amd_is_asked_for(twilio: TwilioFake) -> None:
+    async with _rig(twilio, machine_detection=False) as rig:
+        call = await rig.call()
+        assert call.machine_detection == ""
+        await rig.twilio.answer(call)
+        await rig.twilio.press(call, "1")
+        assert len(rig.sink.keys) == 1 and rig.sink.statuses[-1].answered_by == ""
+
+
+async def test_the_relay_may_choose_what_is_said_after_the_ack(rig: Rig) -> None:
+    async def already(channel: str, key: str, sender: str, digit: str, call_sid: str) -> str | None:
+        return "Уже подтверждено другим диспетчером."
+
+    rig.sink.on_key = already  # type: ignore[method-assign]
+    call = await rig.call()
+    await rig.twilio.answer(call)
+    await rig.twilio.press(call, "1")
+    assert call.transcript[-1] == "Уже подтверждено другим диспетчером." and call.hung_up
