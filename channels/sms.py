@@ -10,7 +10,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -62,7 +62,7 @@ class TwilioSettings:
     retry_budget_s: float = 15.0
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """Twilio answered 4xx: about this message or number, or the credentials; never retried."""
 
     def __init__(self, error: Any) -> None:
@@ -113,7 +113,7 @@ class TwilioSmsChannel:
         except Transient as exc:
             self.breaker.failed(str(exc))
             return SendResult.failed(exc.reason, str(exc))
-        except _Refused as exc:
+        except Refused as exc:
             return self._permanent(exc.error)
         except Exception as exc:  # noqa: BLE001 - whatever else the client raises is this send's failure alone
             self.breaker.failed(f"{type(exc).__name__}: {exc}")
@@ -122,36 +122,16 @@ class TwilioSmsChannel:
         return SendResult.accepted(provider_ref=sid)
 
     async def _create(self, client: Any, msg: Outgoing, callback: str) -> str:
-        from twilio.base.exceptions import TwilioException, TwilioRestException
-
-        try:
-            async with asyncio.timeout(self._cfg.timeout_s):
-                created = await client.messages.create_async(
-                    to=msg.target,
-                    from_=self._cfg.from_number,
-                    body=msg.body.decode(),
-                    status_callback=callback,
-                    validity_period=min(MAX_VALIDITY_S, max(1, msg.expiry_s or self._cfg.validity_period_s)),
-                )
-        except TimeoutError:
-            # Twilio may still send it: a duplicate SMS with the same short code is harmless, a missing one is not.
-            raise Transient(FailureReason.TIMEOUT, f"no answer from Twilio within {self._cfg.timeout_s} s") from None
-        except aiohttp.ClientError as exc:
-            raise Transient(FailureReason.UNREACHABLE, f"Twilio unreachable: {exc}") from None
-        except TwilioRestException as exc:
-            if exc.status == 429:
-                raise Transient(FailureReason.RATE_LIMITED, f"Twilio 429 (code {exc.code})") from None
-            if exc.status >= 500:
-                raise Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
-            raise _Refused(exc) from None
-        except (TwilioException, ValueError, KeyError, TypeError, AttributeError) as exc:
-            # An answer the client could not read (a proxy's HTML page with 200, JSON of another shape): a server
-            # fault, worth another try. Twilio may have sent it all the same: a duplicate SMS is harmless.
-            raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {type(exc).__name__}") from None
-        sid = getattr(created, "sid", None)
-        if not isinstance(sid, str) or not sid:
-            raise Transient(FailureReason.UNREACHABLE, "Twilio answer not understood: no message sid")
-        return sid
+        return await create_with_translation(
+            lambda: client.messages.create_async(
+                to=msg.target,
+                from_=self._cfg.from_number,
+                body=msg.body.decode(),
+                status_callback=callback,
+                validity_period=min(MAX_VALIDITY_S, max(1, msg.expiry_s or self._cfg.validity_period_s)),
+            ),
+            self._cfg.timeout_s, "message",
+        )
 
     async def fetch_status(self, sid: str) -> str:
         """Twilio's current status of a sent message (queued, sent, delivered, undelivered, failed, ...)."""
@@ -163,13 +143,47 @@ class TwilioSmsChannel:
         return str(message.status)
 
     def _permanent(self, exc: Any) -> SendResult:
-        code = int(exc.code) if isinstance(exc.code, int) else exc.status
-        if exc.status in (401, 403):
-            self.breaker.failed(f"Twilio refused the credentials (code {code})")
-            return SendResult.failed(FailureReason.AUTH, f"twilio {code}: credentials refused", permanent=True)
-        self.breaker.failed(str(code), provider_fault=False)
-        what = PERMANENT_CODES.get(code, exc.msg or "rejected")
-        return SendResult.failed(FailureReason.REJECTED, f"twilio {code}: {what}", permanent=True)
+        return refused_result(exc, self.breaker, PERMANENT_CODES)
+
+
+async def create_with_translation(create: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> str:
+    """One create call of the twilio client, its errors sorted: Transient (worth another try) or Refused (4xx).
+    Returns the created resource's sid."""
+    from twilio.base.exceptions import TwilioException, TwilioRestException
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            created = await create()
+    except TimeoutError:
+        # Twilio may still act on it: a duplicate SMS or call about the same alert is harmless, a missing one is not.
+        raise Transient(FailureReason.TIMEOUT, f"no answer from Twilio within {timeout_s} s") from None
+    except aiohttp.ClientError as exc:
+        raise Transient(FailureReason.UNREACHABLE, f"Twilio unreachable: {exc}") from None
+    except TwilioRestException as exc:
+        if exc.status == 429:
+            raise Transient(FailureReason.RATE_LIMITED, f"Twilio 429 (code {exc.code})") from None
+        if exc.status >= 500:
+            raise Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
+        raise Refused(exc) from None
+    except (TwilioException, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # An answer the client could not read (a proxy's HTML page with 200, JSON of another shape): a server
+        # fault, worth another try. Twilio may have acted all the same: a duplicate is harmless.
+        raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {type(exc).__name__}") from None
+    sid = getattr(created, "sid", None)
+    if not isinstance(sid, str) or not sid:
+        raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: no {what} sid")
+    return sid
+
+
+def refused_result(exc: Any, breaker: CircuitBreaker, codes: Mapping[int, str]) -> SendResult:
+    """A 4xx from Twilio: the credentials (auth, the provider's fault) or this message or number (rejected)."""
+    code = int(exc.code) if isinstance(exc.code, int) else exc.status
+    if exc.status in (401, 403):
+        breaker.failed(f"Twilio refused the credentials (code {code})")
+        return SendResult.failed(FailureReason.AUTH, f"twilio {code}: credentials refused", permanent=True)
+    breaker.failed(str(code), provider_fault=False)
+    what = codes.get(code, exc.msg or "rejected")
+    return SendResult.failed(FailureReason.REJECTED, f"twilio {code}: {what}", permanent=True)
 
 
 # ---- what Twilio tells us -------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlencode
 
-import aiohttp
-
 from channels.base import (
     ChannelHealth,
     FailureReason,
@@ -32,7 +30,14 @@ from channels.base import (
 )
 from channels.breaker import CircuitBreaker
 from channels.retry import Transient, with_retries
-from channels.sms import SIGNATURE_HEADER, SignatureError, check_signature
+from channels.sms import (
+    SIGNATURE_HEADER,
+    Refused,
+    SignatureError,
+    check_signature,
+    create_with_translation,
+    refused_result,
+)
 
 log = logging.getLogger("channels.voice")
 
@@ -131,12 +136,6 @@ class Scripts:
         return self._texts.get(key)
 
 
-class _Refused(Exception):
-    def __init__(self, error: Any) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 class TwilioVoiceChannel:
     name = "voice"
 
@@ -186,7 +185,7 @@ class TwilioVoiceChannel:
         except Transient as exc:
             self.breaker.failed(str(exc))
             return SendResult.failed(exc.reason, str(exc))
-        except _Refused as exc:
+        except Refused as exc:
             return self._permanent(exc.error)
         except Exception as exc:  # noqa: BLE001 - whatever else the client raises is this call's failure alone
             self.breaker.failed(f"{type(exc).__name__}: {exc}")
@@ -195,48 +194,24 @@ class TwilioVoiceChannel:
         return SendResult.accepted(provider_ref=sid)
 
     async def _create(self, client: Any, msg: Outgoing, document: str) -> str:
-        from twilio.base.exceptions import TwilioException, TwilioRestException
-
         extra: dict[str, Any] = {}
         if self._cfg.machine_detection:
             extra["machine_detection"] = "Enable"  # synchronous: AnsweredBy arrives with the status callbacks
-        try:
-            async with asyncio.timeout(self._cfg.timeout_s):
-                created = await client.calls.create_async(
-                    to=msg.target,
-                    from_=self._cfg.from_number,
-                    twiml=document,
-                    status_callback=f"{self._cfg.webhook_base}/status?{urlencode({'key': msg.key})}",
-                    status_callback_event=["initiated", "ringing", "answered", "completed"],
-                    timeout=self._cfg.ring_timeout_s,
-                    **extra,
-                )
-        except TimeoutError:
-            # Twilio may still place it: a second call about the same alert is harmless, a missing one is not.
-            raise Transient(FailureReason.TIMEOUT, f"no answer from Twilio within {self._cfg.timeout_s} s") from None
-        except aiohttp.ClientError as exc:
-            raise Transient(FailureReason.UNREACHABLE, f"Twilio unreachable: {exc}") from None
-        except TwilioRestException as exc:
-            if exc.status == 429:
-                raise Transient(FailureReason.RATE_LIMITED, f"Twilio 429 (code {exc.code})") from None
-            if exc.status >= 500:
-                raise Transient(FailureReason.UNREACHABLE, f"Twilio {exc.status} (code {exc.code})") from None
-            raise _Refused(exc) from None
-        except (TwilioException, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise Transient(FailureReason.UNREACHABLE, f"Twilio answer not understood: {type(exc).__name__}") from None
-        sid = getattr(created, "sid", None)
-        if not isinstance(sid, str) or not sid:
-            raise Transient(FailureReason.UNREACHABLE, "Twilio answer not understood: no call sid")
-        return sid
+        return await create_with_translation(
+            lambda: client.calls.create_async(
+                to=msg.target,
+                from_=self._cfg.from_number,
+                twiml=document,
+                status_callback=f"{self._cfg.webhook_base}/status?{urlencode({'key': msg.key})}",
+                status_callback_event=["initiated", "ringing", "answered", "completed"],
+                timeout=self._cfg.ring_timeout_s,
+                **extra,
+            ),
+            self._cfg.timeout_s, "call",
+        )
 
     def _permanent(self, exc: Any) -> SendResult:
-        code = int(exc.code) if isinstance(exc.code, int) else exc.status
-        if exc.status in (401, 403):
-            self.breaker.failed(f"Twilio refused the credentials (code {code})")
-            return SendResult.failed(FailureReason.AUTH, f"twilio {code}: credentials refused", permanent=True)
-        self.breaker.failed(str(code), provider_fault=False)
-        what = PERMANENT_CODES.get(code, exc.msg or "rejected")
-        return SendResult.failed(FailureReason.REJECTED, f"twilio {code}: {what}", permanent=True)
+        return refused_result(exc, self.breaker, PERMANENT_CODES)
 
 
 # ---- TwiML ---------------------------------------------------------------------------------------------------
