@@ -300,3 +300,40 @@ async def test_the_relay_may_choose_what_is_said_after_the_ack(rig: Rig) -> None
     await rig.twilio.answer(call)
     await rig.twilio.press(call, "1")
     assert call.transcript[-1] == "Уже подтверждено другим диспетчером." and call.hung_up
+
+
+async def test_the_fake_fetches_twiml_from_a_url_signed_like_twilio(twilio: TwilioFake) -> None:
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.request_validator import RequestValidator
+    from twilio.rest import Client
+
+    fetched: list[dict[str, str]] = []
+
+    async def twiml(request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        if not RequestValidator(AUTH_TOKEN).validate(str(request.url), form,
+                                                     request.headers.get("X-Twilio-Signature", "")):
+            return web.Response(status=403)
+        fetched.append(form)
+        return web.Response(text="<Response><Say>Привет</Say><Hangup/></Response>", content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/twiml", twiml)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    http = AsyncTwilioHttpClient()
+    try:
+        client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=http)
+        client.api.base_url = twilio.base_url
+        created = await client.calls.create_async(to=PHONE, from_=FROM_NUMBER, url=f"http://127.0.0.1:{port}/twiml")
+        assert created.sid.startswith("CA")
+        (call,) = await twilio.wait_for_calls(1)
+        await twilio.answer(call)
+        assert call.transcript == ["Привет"] and call.hung_up
+        assert fetched[0]["CallSid"] == call.sid and fetched[0]["To"] == PHONE
+    finally:
+        await http.close()
+        await runner.cleanup()
