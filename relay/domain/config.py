@@ -208,9 +208,37 @@ class MqttSection(Section):
         return [self._node(h) for h in self.hosts] if self.hosts else [(self.host, self.port)]
 
 
+class SmppSection(Section):
+    """`[sms.smpp]`: the operator's SMSC (or an in-house gateway) over SMPP 3.4, bound as a transceiver."""
+
+    hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1:2775"], max_length=16)
+    system_id: str = Field("", max_length=15)  # SMPP 3.4: at most 15 octets
+    password: SecretStr = SecretStr("")  # prefer RELAY_SMS__SMPP__PASSWORD
+    system_type: str = Field("", max_length=12)
+    source_addr: str = Field("", max_length=20)  # a short number or an alphanumeric sender
+    enquire_link_s: float = Field(30.0, ge=1, le=600)
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one SMSC, e.g. 127.0.0.1:2775")
+        for i, entry in enumerate(v):
+            try:
+                MqttSection._node(entry)
+            except ValueError as exc:
+                raise ValueError(f"hosts[{i}] {entry!r}: {str(exc).replace('1883', '2775')}") from None
+        return v
+
+    def nodes(self) -> list[tuple[str, int]]:
+        return [MqttSection._node(h) for h in self.hosts]
+
+
 class SmsSection(Section):
     enabled: bool = False
-    provider: Literal["twilio"] = "twilio"
+    # the transport; the SMS themselves (texts, bundles per track, STOP/START, reply acks) are the same for both
+    provider: Literal["twilio", "smpp"] = "twilio"
+    smpp: SmppSection = Field(default_factory=SmppSection)
     account_sid: str = ""
     auth_token: SecretStr = SecretStr("")
     from_number: str = ""
@@ -221,7 +249,13 @@ class SmsSection(Section):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        if self.enabled:
+        if self.enabled and self.provider == "smpp":
+            missing = ["smpp.system_id"] if not self.smpp.system_id else []
+            if not self.smpp.password.get_secret_value():
+                missing.append("smpp.password")
+            if missing:
+                raise ValueError(f"enabled with provider smpp, but {', '.join(missing)} not set")
+        elif self.enabled:
             missing = [k for k in ("account_sid", "from_number") if not getattr(self, k)]
             if not self.auth_token.get_secret_value():
                 missing.append("auth_token")

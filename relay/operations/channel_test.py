@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from channels.base import Channel, Inbound, InboundKind, Outgoing
 from channels.email import SmtpEmailChannel
 from channels.mqtt import MqttChannel
+from channels.smpp import SmppSmsChannel
 from channels.sms import TwilioSmsChannel
 from relay.domain import render
 from relay.domain.clock import to_datetime
@@ -24,7 +26,7 @@ from relay.domain.records import AlertRecord
 from relay.domain.states import AlertState
 from relay.domain.topics import Topics
 from relay.engine.engine import CHANNEL_TEST_PREFIX
-from relay.operations.daemon import mqtt_settings, smtp_settings, twilio_settings
+from relay.operations.daemon import mqtt_settings, sms_channel, smtp_settings
 
 TEST_PREFIX = CHANNEL_TEST_PREFIX
 TEST_TEXT = "ТЕСТ канала связи uav-relay. Это проверка, не тревога; отвечать не нужно."
@@ -58,6 +60,24 @@ class _Replies:
         return None
 
 
+class _Receipts:
+    """What an SMSC says of the test SMS over the bind (SMPP has no status to poll): delivered or not, by key."""
+
+    def __init__(self) -> None:
+        self.final: dict[str, tuple[bool, str]] = {}
+        self.changed = asyncio.Event()
+
+    async def on_receipt(self, channel: str, keys: Sequence[str], delivered: bool | None, status: str,
+                         error: str | None) -> None:
+        if delivered is not None:
+            for key in keys:
+                self.final[key] = (delivered, status)
+            self.changed.set()
+
+    async def on_reply(self, channel: str, sender: str, text: str, message_id: str) -> str | None:
+        return None  # a reply to a test message acknowledges nothing
+
+
 async def run_channel_test(settings: Settings, wait_s: float = 20.0) -> list[Result]:
     topics = Topics(settings.mqtt.topic_prefix)
     mqtt_cfg = replace(mqtt_settings(settings, topics), client_id=f"{settings.mqtt.client_id}-selftest",
@@ -67,25 +87,30 @@ async def run_channel_test(settings: Settings, wait_s: float = 20.0) -> list[Res
     replies = _Replies()
     mqtt.listen(replies)
     channels: list[Channel] = [mqtt]
-    sms = TwilioSmsChannel(twilio_settings(settings)) if settings.sms.enabled else None
+    sms = sms_channel(settings, time.time)
+    receipts = _Receipts()
+    if isinstance(sms, SmppSmsChannel):
+        sms.set_sink(receipts)
     email = SmtpEmailChannel(smtp_settings(settings)) if settings.email.enabled else None
     channels += [c for c in (sms, email) if c is not None]
     results: list[Result] = []
     async with asyncio.TaskGroup() as tg:
         runners = [tg.create_task(c.run()) for c in channels]
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await mqtt.health.wait_up()
-            results = await _run_tests(settings, topics, mqtt, replies, sms, email, wait_s)
+            for connected in (mqtt, sms):  # a broker and an SMSC bind take a moment
+                if connected is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(5):
+                            await connected.health.wait_up()
+            results = await _run_tests(settings, topics, mqtt, replies, receipts, sms, email, wait_s)
         finally:
             for r in runners:
                 r.cancel()
     return results
 
 
-async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, replies: _Replies,
-                     sms: TwilioSmsChannel | None, email: SmtpEmailChannel | None, wait_s: float) -> list[Result]:
+async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, replies: _Replies, receipts: _Receipts,
+                     sms: Channel | None, email: SmtpEmailChannel | None, wait_s: float) -> list[Result]:
     now = time.time()
     results: list[Result] = []
     sends: list[tuple[Result, Channel, Outgoing]] = []
@@ -101,8 +126,9 @@ async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, repl
         sends.append((Result("mqtt", desk.id, topics.alerts(desk.id)), mqtt,
                       Outgoing(ref, topics.alerts(desk.id), body, expiry_s=int(wait_s))))
         if sms is not None:
-            sends += [(Result("sms", desk.id, phone), sms, Outgoing(ref, phone, TEST_TEXT.encode(), expiry_s=600))
-                      for phone in desk.sms]
+            sends += [(Result("sms", desk.id, phone), sms,  # a key of its own per phone: receipts come by key
+                       Outgoing(f"{ref}-{n}", phone, TEST_TEXT.encode(), expiry_s=600))
+                      for n, phone in enumerate(desk.sms)]
         if email is not None:
             sends += [(Result("email", desk.id, address), email, Outgoing(
                 ref, address, f"{TEST_TEXT}\n\n{render_time(now)}".encode(),
@@ -118,6 +144,8 @@ async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, repl
             await _wait_console(result, msg.key, replies, wait_s, started)
         elif sent.ok and result.channel == "sms" and isinstance(channel, TwilioSmsChannel) and sent.provider_ref:
             await _wait_carrier(result, channel, sent.provider_ref, wait_s)
+        elif sent.ok and result.channel == "sms" and isinstance(channel, SmppSmsChannel):
+            await _wait_receipt(result, msg.key, receipts, wait_s)
 
     async with asyncio.TaskGroup() as tg:
         for result, channel, msg in sends:
@@ -140,6 +168,20 @@ async def _wait_console(result: Result, ref: str, replies: _Replies, wait_s: flo
         result.latency_s = replies.at[key] - started
     else:
         result.detail = f"no 'received' from the console within {wait_s:g} s"
+
+
+async def _wait_receipt(result: Result, key: str, receipts: _Receipts, wait_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait_s):
+            while key not in receipts.final:
+                receipts.changed.clear()
+                await receipts.changed.wait()
+    if key in receipts.final:
+        delivered, status = receipts.final[key]
+        result.delivered = delivered
+        result.detail = f"{result.detail}: {status}" if result.detail else status
+    else:
+        result.detail = f"no delivery receipt from the SMSC within {wait_s:g} s"
 
 
 async def _wait_carrier(result: Result, sms: TwilioSmsChannel, sid: str, wait_s: float) -> None:

@@ -32,7 +32,7 @@ def config_warnings(s: Settings) -> list[str]:
                                  "offer SMTPUTF8, or e-mail to it fails (relay test-channels checks it)")
         if not s.email.from_address.isascii():
             found.append("email.from_address: non-ASCII: the SMTP server must offer SMTPUTF8")
-    if s.sms.enabled and urlsplit(s.http.public_url).hostname in _LOOPBACK:
+    if s.sms.enabled and s.sms.provider == "twilio" and urlsplit(s.http.public_url).hostname in _LOOPBACK:
         found.append("http.public_url: a loopback address: the SMS provider cannot reach it, so SMS receipts and "
                      "SMS replies (acks) will never arrive")
     if s.mqtt.hosts or s.mqtt.protocol == "3.1.1":

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from channels.base import Channel
 from channels.email import SmtpEmailChannel, SmtpSettings
 from channels.mqtt import MqttChannel, MqttSettings
+from channels.smpp import SmppSettings, SmppSmsChannel
 from channels.sms import TwilioReceiver, TwilioSettings, TwilioSmsChannel
 from relay.domain.clock import Clock, SystemClock
 from relay.domain.config import Settings
@@ -61,6 +63,29 @@ def twilio_settings(settings: Settings) -> TwilioSettings:
         status_callback_url=f"{settings.http.public_url}/webhooks/twilio/status",
         timeout_s=sms.timeout_s,
     )
+
+
+def smpp_settings(settings: Settings) -> SmppSettings:
+    sms, smpp = settings.sms, settings.sms.smpp
+    return SmppSettings(
+        hosts=tuple(smpp.nodes()),
+        system_id=smpp.system_id,
+        password=smpp.password.get_secret_value(),
+        system_type=smpp.system_type,
+        source_addr=smpp.source_addr,
+        enquire_link_s=smpp.enquire_link_s,
+        submit_timeout_s=sms.timeout_s,
+        validity_period_s=sms.validity_period_s or int(settings.escalation.repeat_s),
+    )
+
+
+def sms_channel(settings: Settings, now: Callable[[], float]) -> Channel | None:
+    """The SMS channel on its provider's transport: Twilio's REST API, or an SMSC over SMPP."""
+    if not settings.sms.enabled:
+        return None
+    if settings.sms.provider == "smpp":
+        return SmppSmsChannel(smpp_settings(settings), clock=now)
+    return TwilioSmsChannel(twilio_settings(settings), now)
 
 
 def smtp_settings(settings: Settings) -> SmtpSettings:
@@ -135,7 +160,7 @@ class Relay:
         desks = [Desk.from_config(d) for d in s.desks]
         now = self.clock.now
         mqtt = MqttChannel(mqtt_settings(s, topics), now)
-        sms = TwilioSmsChannel(twilio_settings(s), now) if s.sms.enabled else None
+        sms = sms_channel(s, now)
         email = SmtpEmailChannel(smtp_settings(s), now) if s.email.enabled else None
         backups: list[Channel] = [c for c in (sms, email) if c is not None]
         primary, backup_plugs = plugs(topics, mqtt, sms, email, give_up_s=s.escalation.give_up_s,
@@ -204,6 +229,9 @@ class Relay:
         self.metrics.watch_open_alerts(lambda: engine.open_alerts)
         self.metrics.store_up.set_function(lambda: 1 if store.last_error is None else 0)
         trail = FailureTrail(store, self.clock)
+        replies = SmsReplies(engine, store, desks, self.clock, self.metrics)
+        if isinstance(sms, SmppSmsChannel):  # replies and receipts come over the bind, not through a webhook
+            sms.set_sink(replies)
         h = s.http
         http = HttpServer(
             ApiContext(
@@ -220,8 +248,9 @@ class Relay:
                 renderer=renderer,
                 ack_links=ack_links,
                 # The wiring names the providers: /webhooks/twilio/... goes to the SMS channel's receiver.
-                receivers={"twilio": TwilioReceiver(s.sms.auth_token.get_secret_value())} if sms else {},
-                replies=SmsReplies(engine, store, desks, self.clock, self.metrics),
+                receivers=({"twilio": TwilioReceiver(s.sms.auth_token.get_secret_value())}
+                           if isinstance(sms, TwilioSmsChannel) else {}),
+                replies=replies,
                 consoles=s.consoles,
                 places=s.consoles.places(),
             ),

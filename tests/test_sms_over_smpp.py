@@ -1,0 +1,122 @@
+"""The relay with `sms.provider = "smpp"`: its SMS go to an SMSC over SMPP (the simulator in tests/support/smsc.py on a
+free port) exactly as they go to Twilio: the same texts, receipts into the delivery state, reply acks by code from
+the desks' numbers only, and `relay test-channels` over the bind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.domain.config import Settings
+from relay.operations.channel_test import run_channel_test
+from tests.support.broker import Mosquitto
+from tests.support.relay import (
+    DESK1_PHONE,
+    DESK1_PHONE2,
+    OPERATOR_TOKEN,
+    RunningRelay,
+    report,
+    running_relay,
+    settings_dict,
+    with_backups,
+)
+from tests.support.smsc import Smsc
+from tests.support.smtp import SmtpServer
+from tests.support.wait import eventually
+
+
+@pytest.fixture
+async def smsc() -> AsyncIterator[Smsc]:
+    server = Smsc(system_id="relay", password="secret")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def smpp_config(broker: Mosquitto, smtp: SmtpServer, smsc: Smsc, data: Path) -> dict[str, Any]:
+    cfg = with_backups(settings_dict(broker.port, data), smtp_port=smtp.port, twilio_url="http://127.0.0.1:9",
+                       ack_timeout_s=0.5, repeat_s=30)
+    cfg["sms"] = {"enabled": True, "provider": "smpp", "bundle_window_s": 0.2, "timeout_s": 2,
+                  "smpp": {"hosts": [f"127.0.0.1:{smsc.port}"], "system_id": "relay", "password": "secret",
+                           "source_addr": "UAV", "enquire_link_s": 5}}
+    return cfg
+
+
+@pytest.fixture
+async def relay(broker: Mosquitto, smtp: SmtpServer, smsc: Smsc, tmp_path: Path) -> AsyncIterator[RunningRelay]:
+    async with running_relay(smpp_config(broker, smtp, smsc, tmp_path / "data")) as running:
+        await eventually(lambda: running.metric('relay_channel_up{channel="sms"}'), timeout=10,
+                         what="bound to the SMSC")
+        yield running
+
+
+async def _alert(relay: RunningRelay, alert_id: str) -> dict[str, Any]:
+    async with relay.http.get(f"{relay.url}/api/v1/alerts/{alert_id}",
+                              headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def _sent_to(smsc: Smsc, phone: str, needle: str) -> str | None:
+    return next((text for dest, text in smsc.texts() if dest == phone and needle in text), None)
+
+
+async def test_a_backup_round_goes_to_the_smsc_in_russian_and_its_receipt_marks_it_delivered(
+    relay: RunningRelay, smsc: Smsc
+) -> None:
+    status, accepted = await relay.post_report(report("smpp-1"))
+    assert status == 201
+    code = accepted["short_code"]
+    text = await eventually(lambda: _sent_to(smsc, DESK1_PHONE, code), timeout=10, what="the SMS at the SMSC")
+    assert "БПЛА" in text  # Cyrillic, as UCS-2, whole again at the other end
+    assert any(dest == DESK1_PHONE2 for dest, _ in smsc.texts())
+    assert all(s.data_coding == 8 for s in smsc.submits)
+
+    async def delivered() -> bool:  # the SMSC's receipt (deliver_sm, esm_class 0x04) reached the delivery
+        alert = await _alert(relay, accepted["alert_id"])
+        return any(d["channel"] == "sms" and d["target"] == DESK1_PHONE and d["state"] == "delivered"
+                   for d in alert["deliveries"])
+
+    await eventually(delivered, timeout=10, what="the receipt recorded")
+
+
+async def test_a_reply_with_the_code_from_a_desks_phone_acknowledges_and_is_answered(
+    relay: RunningRelay, smsc: Smsc
+) -> None:
+    status, accepted = await relay.post_report(report("smpp-2"))
+    assert status == 201
+    code = accepted["short_code"]
+    await eventually(lambda: _sent_to(smsc, DESK1_PHONE, code), timeout=10, what="the SMS at the SMSC")
+
+    await smsc.deliver("+79990000000", "UAV", code)  # a number of no desk: refused, answered
+    await eventually(lambda: _sent_to(smsc, "+79990000000", code), timeout=10, what="the refusal's answer")
+    assert (await _alert(relay, accepted["alert_id"]))["state"] != "acknowledged"
+
+    await smsc.deliver(DESK1_PHONE2, "UAV", f"принято {code}")
+
+    async def acked() -> bool:
+        return bool((await _alert(relay, accepted["alert_id"]))["state"] == "acknowledged")
+
+    await eventually(acked, timeout=10, what="the ack by SMS reply over SMPP")
+    alert = await _alert(relay, accepted["alert_id"])
+    assert alert["ack"]["channel"] == "sms"
+    answer = await eventually(lambda: _sent_to(smsc, DESK1_PHONE2, "подтверждена"), timeout=10,
+                              what="the answer to the reply")
+    assert code in answer
+
+
+async def test_test_channels_proves_sms_over_smpp_with_the_smscs_receipt(
+    broker: Mosquitto, smtp: SmtpServer, smsc: Smsc, tmp_path: Path
+) -> None:
+    cfg = smpp_config(broker, smtp, smsc, tmp_path / "data")
+    results = await run_channel_test(Settings(**cfg), wait_s=5)
+    sms = [r for r in results if r.channel == "sms"]
+    assert {r.target for r in sms} == {DESK1_PHONE, DESK1_PHONE2, "+79002220001"}
+    assert all(r.accepted and r.delivered for r in sms), sms
+    assert all("ТЕСТ" in text for _, text in smsc.texts())
