@@ -108,6 +108,7 @@ async def test_late_undelivered_and_enroute_receipts(channel: SmppSmsChannel, sm
     result = await channel.send(Outgoing(key="d7", target=PHONE, body=SHORT.encode()))
     assert result.ok and result.provider_ref
     await smsc.send_receipt(smsc.receipt_id(result.provider_ref), "ENROUTE")
+    await eventually(lambda: sink.receipts, what="ENROUTE receipt")  # smpp34 does not promise the order of two
     await smsc.send_receipt(smsc.receipt_id(result.provider_ref), "UNDELIV", err="001")
     await smsc.send_receipt("ffff", "DELIVRD")  # nobody's message: ignored
     await eventually(lambda: len(sink.receipts) == 2, what="two receipts")
@@ -243,3 +244,27 @@ def test_the_id_map_is_bounded() -> None:
     for i in range(10):
         ids.put(f"m{i}", f"d{i}")
     assert ids.get("m0") is None and ids.get("m9") == "d9"
+
+
+async def test_at_most_window_submits_are_outstanding(smsc: Smsc, sink: Sink) -> None:
+    smsc.silent = True  # nothing is ever answered: every submit stays outstanding until it times out
+    async with running(SmppSmsChannel(settings(smsc.port, window=3, submit_timeout_s=1.0), sink)) as ch:
+        await eventually(lambda: ch.health.state is HealthState.UP, what="bound")
+        sends = [asyncio.create_task(ch.send(Outgoing(key=f"d{i}", target=PHONE, body=SHORT.encode())))
+                 for i in range(5)]
+        await eventually(lambda: len(smsc.submits) == 3, what="three outstanding")
+        assert len(smsc.submits) == 3  # the other two wait for a free slot in the window
+        results = await asyncio.gather(*sends)
+    assert len(smsc.submits) == 5
+    assert all((r.ok, r.reason, r.permanent) == (False, FailureReason.TIMEOUT, False) for r in results)
+
+
+def test_incoming_texts_decode_per_data_coding() -> None:
+    from channels.smpp_pdu import decode_text, parse_receipt
+
+    assert decode_text("Код К7QХ".encode("utf-16-be"), 8) == "Код К7QХ"
+    assert decode_text(b"K7QX ok\x1b\x65", 0) == "K7QX ok€"  # GSM 03.38, unpacked, with an escape
+    assert decode_text("Ærø".encode("latin-1"), 3) == "Ærø"
+    receipt = parse_receipt("id:0A1B sub:001 dlvrd:000 stat:EXPIRED err:004 text:")
+    assert receipt is not None and (receipt.message_id, receipt.delivered) == ("0A1B", False)
+    assert parse_receipt("stat:DELIVRD") is None
