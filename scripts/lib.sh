@@ -44,7 +44,8 @@ ensure_venv() {
   hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
   have=""
   if [ -f "$stamp" ] && [ "$(head -n1 "$stamp")" = "$hash" ]; then have="$(tail -n +2 "$stamp")"; fi
-  want="$(printf '%s\n' ${have//,/ } ${extras//,/ } | sort -u | grep -v '^$' | paste -sd, -)"
+  # no extras at all: grep finds no line and fails, which pipefail would turn into a silent exit of the caller
+  want="$(printf '%s\n' ${have//,/ } ${extras//,/ } | sort -u | { grep -v '^$' || true; } | paste -sd, -)"
   if [ ! -f "$stamp" ] || [ "$(head -n1 "$stamp")" != "$hash" ] || [ "$want" != "$have" ]; then
     say "installing uav-relay${want:+ [$want]} into the venv"
     mkdir -p "$ROOT/var"

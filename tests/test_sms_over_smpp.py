@@ -120,3 +120,41 @@ async def test_test_channels_proves_sms_over_smpp_with_the_smscs_receipt(
     assert {r.target for r in sms} == {DESK1_PHONE, DESK1_PHONE2, "+79002220001"}
     assert all(r.accepted and r.delivered for r in sms), sms
     assert all("ТЕСТ" in text for _, text in smsc.texts())
+
+
+async def test_a_bind_lost_in_the_middle_of_a_round_loses_no_sms(relay: RunningRelay, smsc: Smsc) -> None:
+    """The SMSC hangs up on the first submit of a backup round, before its submit_sm_resp: the channel binds again
+    and the relay sends that SMS again under its delivery id; every phone of the round gets the alert."""
+    binds = len(smsc.binds)
+    smsc.drop_after = 1
+    status, accepted = await relay.post_report(report("smpp-drop"))
+    assert status == 201
+    code = accepted["short_code"]
+    for phone in (DESK1_PHONE, DESK1_PHONE2):
+        await eventually(lambda phone=phone: _sent_to(smsc, phone, code), timeout=20,  # type: ignore[misc]
+                         what=f"the SMS to {phone} after the bind came back")
+    assert len(smsc.binds) > binds  # it did bind again
+    unanswered = [s for s in smsc.submits if s.message_id is None]
+    assert len(unanswered) == 1  # the one the SMSC hung up on; sent again after the rebind, with an answer
+
+    async def recorded() -> bool:
+        alert = await _alert(relay, accepted["alert_id"])
+        return all(d["state"] in ("sent", "delivered") for d in alert["deliveries"]
+                   if d["channel"] == "sms" and d["desk_id"] == "airfield-1")
+
+    await eventually(recorded, timeout=20, what="every SMS of the round recorded as sent")
+
+
+async def test_an_smsc_that_refuses_the_login_is_said_plainly_and_nothing_is_lost(
+    broker: Mosquitto, smtp: SmtpServer, smsc: Smsc, tmp_path: Path
+) -> None:
+    smsc.password = "another"  # the operator changed it: every bind is refused
+    cfg = smpp_config(broker, smtp, smsc, tmp_path / "data")
+    async with running_relay(cfg) as running:
+        await eventually(lambda: len(smsc.binds) >= 1, timeout=10, what="a bind attempt")
+        assert await running.metric('relay_channel_up{channel="sms"}') == 0
+        status, accepted = await running.post_report(report("smpp-refused"))
+        assert status == 201  # the report is taken; the SMS waits for a bind, the e-mail goes meanwhile
+        smsc.password = "secret"
+        await eventually(lambda: _sent_to(smsc, DESK1_PHONE, accepted["short_code"]), timeout=30,
+                         what="the SMS once the SMSC took the login again")

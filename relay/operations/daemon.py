@@ -224,8 +224,8 @@ class Relay:
             JobKind.INBOUND, report_intake.on_report, lambda m: {"topic": m.topic[:200]}
         )})
         self.metrics.channel_up.labels(mqtt.name).set(0)
-        for channel in backups:
-            self.metrics.channel_up.labels(channel.name).set(1)
+        for channel in backups:  # up from the start (a closed circuit), except an SMSC's bind until it is made
+            self.metrics.channel_up.labels(channel.name).set(1 if channel.health.is_up else 0)
         self.metrics.watch_open_alerts(lambda: engine.open_alerts)
         self.metrics.store_up.set_function(lambda: 1 if store.last_error is None else 0)
         trail = FailureTrail(store, self.clock)
