@@ -127,3 +127,34 @@ def test_a_primary_back_up_gets_every_unsent_delivery() -> None:
     a = alert(mqtt(delivery_id="A.d.mqtt"), mqtt(delivery_id="A.e.mqtt"), rounds=1, last=T0)
     p = plan(a, POLICY, T0 + 20, primary_up=True)
     assert p.actions == (SendPrimary(("A.d.mqtt", "A.e.mqtt")),)
+
+
+# ---- calls (CONTRACT.md, "Voice calls") ------------------------------------------------------------------------
+
+VOICE_POLICY = replace(POLICY, backups=frozenset({"sms", "email", "voice"}), voice_after_s=60)
+
+
+def test_calls_join_at_voice_after_s_between_rounds_and_then_with_each_round() -> None:
+    from relay.domain.escalation import SendCalls, calls_at
+
+    sent = alert(mqtt(DeliveryState.SENT, 1, T0), rounds=1, last=T0 + 10)
+    before = plan(sent, VOICE_POLICY, T0 + 30, primary_up=True)
+    assert not any(isinstance(a, SendCalls) for a in before.actions)
+    assert before.schedule.next_action_at == T0 + 60  # woken for the first calls, before the next round at +70
+    at = plan(sent, VOICE_POLICY, T0 + 60, primary_up=True)
+    assert SendCalls() in at.actions and at.schedule.next_action_at == T0 + 60  # and looked at again at once
+    called = replace(sent, deliveries=(*sent.deliveries, DeliveryRecord(
+        "A.d.voice.0", "A", "d", "voice", "+79005550001", DeliveryState.SENT, 1, attempted_at=T0 + 60)))
+    after = plan(called, VOICE_POLICY, T0 + 61, primary_up=True)
+    assert not any(isinstance(a, SendCalls) for a in after.actions)
+    assert after.schedule.next_action_at == T0 + 70  # the next round, which calls again
+    assert calls_at(sent, VOICE_POLICY, None) == T0 + 60 and calls_at(sent, POLICY, None) is None
+    assert not any(isinstance(a, SendCalls) for a in plan(sent, POLICY, T0 + 65, primary_up=True).actions)
+
+
+def test_a_call_that_was_not_answered_is_not_retried_alone() -> None:
+    busy = DeliveryRecord("A.d.voice.0", "A", "d", "voice", "+79005550001", DeliveryState.QUEUED, 1,
+                          attempted_at=T0 + 60)
+    p = plan(alert(mqtt(DeliveryState.SENT, 1, T0), busy, rounds=1, last=T0 + 10), VOICE_POLICY, T0 + 66,
+             primary_up=True)
+    assert p.actions == ()  # the desk's next number was called by the dispatcher; the next round calls again

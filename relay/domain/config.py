@@ -266,6 +266,32 @@ class SmsSection(Section):
         return self
 
 
+class VoiceSection(Section):
+    """`[voice]`: calls through Twilio Programmable Voice, acknowledged by a key; the account's keys and API are
+    `[sms]`'s unless set here."""
+
+    enabled: bool = False
+    from_number: str = ""
+    account_sid: str = ""
+    auth_token: SecretStr = SecretStr("")
+    api_base_url: str = ""
+    machine_detection: bool = True  # an answering machine hears the alert but never acknowledges it
+    ring_timeout_s: int = Field(30, ge=5, le=600)
+    timeout_s: float = Field(10.0, gt=0, le=60)
+
+    @field_validator("from_number")
+    @classmethod
+    def _from(cls, v: str) -> str:
+        return v and check_phone(v)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^/\s]+/?$", v):
+            raise ValueError("must be an http(s) URL with no path")
+        return v
+
+
 class EmailSection(Section):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -336,6 +362,8 @@ class EscalationSection(Section):
     give_up_s: float = Field(900, gt=0)
     # A publish that got no PUBACK is tried again this often while the alert is open.
     retry_s: float = Field(5, gt=0)
+    # With [voice] on: calls join the backups this long after the track's first alert, then each backup round.
+    voice_after_s: float = Field(60, ge=0)
 
     @model_validator(mode="after")
     def _order(self) -> Self:
@@ -441,9 +469,10 @@ class DeskConfig(HasToken):
     phone: str = ""
     sms: list[str] = Field(default_factory=list)
     email: list[str] = Field(default_factory=list)
+    voice: list[str] = Field(default_factory=list)  # numbers to call, in order: the next when one is busy
     area: Area | None = None
 
-    @field_validator("sms")
+    @field_validator("sms", "voice")
     @classmethod
     def _e164(cls, v: list[str]) -> list[str]:
         for number in v:
@@ -477,6 +506,7 @@ class Settings(BaseSettings):
     http: HttpSection = HttpSection()
     mqtt: MqttSection = MqttSection()
     sms: SmsSection = SmsSection()
+    voice: VoiceSection = VoiceSection()
     email: EmailSection = EmailSection()
     escalation: EscalationSection = EscalationSection()
     tracks: TracksSection = TracksSection()
@@ -486,6 +516,19 @@ class Settings(BaseSettings):
     operators: list[OperatorConfig] = Field(default_factory=list)
     desks: list[DeskConfig] = Field(default_factory=list)
     engineers: list[EngineerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _voice_account(self) -> Self:
+        v = self.voice
+        if v.enabled:
+            missing = [k for k, have in (("from_number", v.from_number),
+                                         ("account_sid", v.account_sid or self.sms.account_sid),
+                                         ("auth_token", (v.auth_token.get_secret_value()
+                                                         or self.sms.auth_token.get_secret_value())))
+                       if not have]
+            if missing:
+                raise ValueError(f"voice: enabled, but {', '.join(missing)} not set (here or in [sms])")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> Self:

@@ -26,6 +26,11 @@ class Policy:
     retry_s: float  # a primary publish that failed is tried again after this, while the primary is up
     backups: frozenset[str] = frozenset()  # the backup channels configured; none: nothing to escalate to
     primary: str = "mqtt"
+    # Calls (channel VOICE, one of `backups`) join this long after the track's first alert; None: no calls.
+    voice_after_s: float | None = None
+
+
+VOICE = "voice"
 
 
 class BackupReason(enum.StrEnum):
@@ -53,11 +58,24 @@ class RetryBackups:
 
 
 @dataclass(frozen=True, slots=True)
+class SendCalls:
+    """The first calls, at voice_after_s: each desk's numbers, one at a time; later rounds call again."""
+
+
+@dataclass(frozen=True, slots=True)
 class GiveUp:
     pass
 
 
-Action = SendPrimary | SendBackups | RetryBackups | GiveUp
+Action = SendPrimary | SendBackups | SendCalls | RetryBackups | GiveUp
+
+
+def calls_at(alert: AlertRecord, policy: Policy, track: TrackChain | None) -> float | None:
+    """From when this alert's backup rounds call too: voice_after_s after its track's first alert; None: never."""
+    if policy.voice_after_s is None:
+        return None
+    started = alert.created_at if track is None else min(track.opened_at, alert.created_at)
+    return started + policy.voice_after_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +116,11 @@ def plan(
         due.extend(_retry_at(d, policy) for d in unsent if d not in ready)
 
     if policy.backups:
+        # a call is not retried on its own: a desk's numbers are called in turn, and each round calls again
         failed_backups = [
             d for d in alert.deliveries
-            if d.channel in policy.backups and d.state is DeliveryState.QUEUED and d.attempts > 0
+            if d.channel in policy.backups and d.channel != VOICE and d.state is DeliveryState.QUEUED
+            and d.attempts > 0
         ]
         retry_now = [d for d in failed_backups if _retry_at(d, policy) <= now]
         due.extend(_retry_at(d, policy) for d in failed_backups if d not in retry_now)
@@ -122,6 +142,14 @@ def plan(
             # the lead's rounds carry this alert; look again when they would fall due, in case the lead is gone
             due.append(backup_at if backup_at > now else now + policy.repeat_s)
             return Plan(tuple(actions), Schedule(min(due), rounds, last_backup))
+        voice_at = calls_at(alert, policy, track)
+        if voice_at is not None and not any(d.channel == VOICE for d in alert.deliveries):
+            # the first calls at voice_after_s, between rounds if need be; a round due now calls anyway
+            if voice_at > now:
+                due.append(voice_at)
+            elif backup_at > now:
+                actions.append(SendCalls())
+                due.append(now)  # looked at again at once: a step at acceptance sends the primary alone
         if backup_at <= now:
             actions.append(SendBackups(reason))  # a round re-arms every backup delivery, the failed ones too
             rounds, last_backup = rounds + 1, now

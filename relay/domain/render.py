@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -123,6 +123,21 @@ class Renderer:
     @staticmethod
     def other_codes(alert: AlertRecord) -> tuple[str, ...]:
         return () if alert.track is None else tuple(c for c in alert.track.other_codes if c != alert.short_code)
+
+    # ---- a call ---------------------------------------------------------------------------------------
+
+    def voice(self, alert: AlertRecord, spell: Callable[[str], str]) -> str:
+        """What a call reads (the voice channel reads it twice, slowly, then asks for the key): the code spelled
+        out by `spell` (letter by letter, a phonetic alphabet for Latin letters), then where, what, when."""
+        f = self.fields(alert)
+        parts = [
+            f"{f['mark']}Внимание! Беспилотник.",
+            f"Код: {spell(alert.short_code)}.",
+            f"Место: {f['place']}." if f["place"] else "",
+            f"{f['type']}, количество: {f['count']}{f['heading']}.",
+            f"Время наблюдения: {f['time']}.",
+        ]
+        return single_line(" ".join(p for p in parts if p))
 
     # ---- SMS ------------------------------------------------------------------------------------------
 

@@ -33,11 +33,12 @@ class Desk:
     email: tuple[str, ...] = ()
     area: Area | None = None
     phone: str = ""  # for people to call (the operator's console shows it when nobody acknowledges)
+    voice: tuple[str, ...] = ()  # numbers the relay calls, in order
 
     @classmethod
     def from_config(cls, cfg: DeskConfig) -> Desk:
         area = Area(cfg.area.lat, cfg.area.lon, cfg.area.radius_km) if cfg.area else None
-        return cls(cfg.id, cfg.name, tuple(cfg.sms), tuple(cfg.email), area, cfg.call_number)
+        return cls(cfg.id, cfg.name, tuple(cfg.sms), tuple(cfg.email), area, cfg.call_number, tuple(cfg.voice))
 
 
 def route(desks: Sequence[Desk], lat: float, lon: float) -> list[Desk]:

@@ -17,8 +17,10 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from channels.base import HealthState, Outgoing, SendResult
+from channels.voice import spell_code
 from relay.domain import render, transitions
 from relay.domain.clock import Clock
 from relay.domain.records import AlertRecord, AttemptOutcome, DeliveryRecord
@@ -33,6 +35,16 @@ from relay.store.base import Store
 
 log = logging.getLogger("relay.dispatch")
 
+# A call's final word (busy, no answer, answered and hung up) is awaited this long before the desk's next number
+# is called anyway: Twilio's ring timeout, a message read twice and the key, with room.
+CALL_WAIT_S = 180.0
+
+
+class CallOutcomes(Protocol):
+    async def outcome(self, key: str, within_s: float) -> Any:
+        """The final status of the call placed for delivery `key` (`.reached`: answered), None if none came."""
+        ...
+
 # Each channel has its own queue and workers (Plug.workers): a slow e-mail server (every unacknowledged alert
 # sends a round of e-mail every repeat) must never hold a console's alert behind it.
 
@@ -45,6 +57,7 @@ class _Job:
     seq: int
     alert: AlertRecord = field(compare=False)
     delivery: DeliveryRecord = field(compare=False)
+    then: tuple[DeliveryRecord, ...] = field(default=(), compare=False)  # a desk's next numbers to call in turn
 
 
 class Dispatcher:
@@ -62,11 +75,13 @@ class Dispatcher:
         public_url: str,
         poke: asyncio.Event,
         jobs: Jobs,
+        calls: CallOutcomes | None = None,
     ) -> None:
         self._store, self._render, self._jobs = store, renderer, jobs
         self._plugs = {p.name: p for p in plugs}
         self._topics, self._clock, self._metrics = topics, clock, metrics
         self._ack_links, self._public_url, self._poke = ack_links, public_url, poke
+        self._calls = calls
         self._queues: dict[str, asyncio.PriorityQueue[_Job]] = {
             p.name: asyncio.PriorityQueue() for p in plugs if not p.bundled
         }
@@ -86,15 +101,23 @@ class Dispatcher:
             yield
 
     def submit(self, alert: AlertRecord, deliveries: list[DeliveryRecord]) -> None:
+        calls: dict[tuple[str, str], list[DeliveryRecord]] = {}
         for d in deliveries:
             if d.delivery_id in self._in_flight:
                 continue
             self._in_flight.add(d.delivery_id)
-            if d.channel in self._bundlers:
+            if self._plugs[d.channel].form is Form.CALL:
+                calls.setdefault((d.channel, d.desk_id), []).append(d)
+            elif d.channel in self._bundlers:
                 self._bundlers[d.channel].add(SmsItem(alert, d))
             else:
                 self._queues[d.channel].put_nowait(
                     _Job(transitions.reached_someone(alert), d.attempts, next(self._seq), alert, d))
+        for (channel, _), numbers in calls.items():  # one job per desk: its numbers in their order, one at a time
+            numbers.sort(key=_number_order)
+            first = numbers[0]
+            self._queues[channel].put_nowait(_Job(transitions.reached_someone(alert), first.attempts,
+                                                  next(self._seq), alert, first, tuple(numbers[1:])))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -122,13 +145,18 @@ class Dispatcher:
             job = await queue.get()
             alert, d = job.alert, job.delivery
             try:
-                await self._jobs.run(
-                    JobKind.DELIVERY, functools.partial(self._send, alert, d), alert_id=alert.alert_id,
-                    on_failure=functools.partial(self._failed, [d]),
-                    delivery_id=d.delivery_id, channel=d.channel,
-                )
+                if self._plugs[d.channel].form is Form.CALL:
+                    await self._call_in_turn(alert, [d, *job.then])
+                else:
+                    await self._jobs.run(
+                        JobKind.DELIVERY, functools.partial(self._send, alert, d), alert_id=alert.alert_id,
+                        on_failure=functools.partial(self._failed, [d]),
+                        delivery_id=d.delivery_id, channel=d.channel,
+                    )
             finally:
                 self._in_flight.discard(d.delivery_id)
+                for later in job.then:
+                    self._in_flight.discard(later.delivery_id)
                 queue.task_done()
 
     async def _failed(self, deliveries: list[DeliveryRecord], detail: str) -> None:
@@ -163,6 +191,34 @@ class Dispatcher:
                 body=self._render.email_text(alert, url).encode(), html=self._render.email_html(alert, url),
             )
         await self._record(alert, d, await self._deliver(d.channel, msg))
+
+    async def _call_in_turn(self, alert: AlertRecord, numbers: list[DeliveryRecord]) -> None:
+        """A desk's numbers called one after the other: the next only when a call was not answered (busy, no
+        answer, failed, or the call could not be placed). Once one is answered, the rest wait for the next round."""
+        for n, d in enumerate(numbers):
+            placed = await self._jobs.run(
+                JobKind.DELIVERY, functools.partial(self._call, alert, d), alert_id=alert.alert_id,
+                on_failure=functools.partial(self._failed, [d]), delivery_id=d.delivery_id, channel=d.channel,
+            )
+            if placed is None or not placed:
+                continue  # not placed (recorded as failed): the next number at once
+            status = await self._calls.outcome(d.delivery_id, CALL_WAIT_S) if self._calls is not None else None
+            if status is not None and not status.reached:
+                continue  # busy, no answer, failed: recorded by the status callback; the next number at once
+            for rest in numbers[n + 1:]:  # answered (or no word in time): these are not called in this round
+                await self._store.finish_attempt(rest.delivery_id, AttemptOutcome.RETRY, self._clock.now(),
+                                                 error=f"not called: {d.target} was called in this round")
+            return
+
+    async def _call(self, alert: AlertRecord, d: DeliveryRecord) -> bool:
+        """One call placed and recorded; False when it could not be placed (or the alert was closed meanwhile)."""
+        if not await self._worth_sending(alert.alert_id):
+            await self._store.finish_attempt(d.delivery_id, AttemptOutcome.CANCELLED, self._clock.now())
+            return False
+        text = self._render.voice(alert, spell_code)
+        result = await self._deliver(d.channel, Outgoing(key=d.delivery_id, target=d.target, body=text.encode()))
+        await self._record(alert, d, result)
+        return result.ok
 
     async def _send_bundle(self, plug: Plug, target: str, items: list[SmsItem]) -> None:
         try:
@@ -251,3 +307,9 @@ class Dispatcher:
                                               "detail": result.detail, "permanent": result.permanent})
         self._in_flight.discard(d.delivery_id)
         self._poke.set()  # the store made the alert due now: the scheduler plans the failover or the retry
+
+
+def _number_order(d: DeliveryRecord) -> int:
+    """A call delivery's place among its desk's numbers (its id ends in `.{n}`)."""
+    tail = d.delivery_id.rpartition(".")[2]
+    return int(tail) if tail.isdigit() else 0

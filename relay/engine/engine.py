@@ -19,13 +19,16 @@ from channels.base import HealthChange, HealthState, Inbound, InboundKind
 from relay.domain import escalation, short_code, tracks, transitions
 from relay.domain.clock import Clock, sleep_until_or
 from relay.domain.escalation import (
+    VOICE,
     BackupReason,
     GiveUp,
     Policy,
     RetryBackups,
     SendBackups,
+    SendCalls,
     SendPrimary,
     TrackChain,
+    calls_at,
 )
 from relay.domain.ids import new_id
 from relay.domain.model import Priority, Report
@@ -562,8 +565,12 @@ class Engine:
             await self._give_up(alert, now)
             return True
         round_ = next((a for a in p.actions if isinstance(a, SendBackups)), None)
+        calls_from = calls_at(alert, self._policy, chain)
+        calls = calls_from is not None and now >= calls_from
         if round_ is not None:
-            await self._backup_round(alert, round_.reason, p.schedule, now, primary_up)
+            await self._backup_round(alert, round_.reason, p.schedule, now, primary_up, calls=calls)
+        elif any(isinstance(a, SendCalls) for a in p.actions):
+            await self._call_round(alert, p.schedule, now)
         elif (alert.next_action_at, alert.backup_rounds, alert.last_backup_at) != (
             p.schedule.next_action_at, p.schedule.backup_rounds, p.schedule.last_backup_at,
         ):
@@ -602,10 +609,13 @@ class Engine:
         return _Chain(chained[0].alert_id if chained else "", found.opened_at, tuple(o.short_code for o in chained))
 
     async def _backup_round(
-        self, alert: AlertRecord, reason: BackupReason, schedule: Schedule, now: float, primary_up: bool
+        self, alert: AlertRecord, reason: BackupReason, schedule: Schedule, now: float, primary_up: bool, *,
+        calls: bool,
     ) -> None:
-        """One round to every backup target of every routed desk, stored (outbox) before anything is sent."""
-        to_send = await self._store.start_backup_round(alert.alert_id, schedule, self._backup_deliveries(alert), now)
+        """One round to every backup target of every routed desk (calls too from voice_after_s), stored (outbox)
+        before anything is sent."""
+        to_send = await self._store.start_backup_round(alert.alert_id, schedule,
+                                                       self._backup_deliveries(alert, calls=calls), now)
         if to_send is None:
             return  # acknowledged meanwhile
         self._metrics.backup_rounds.labels(reason.value).inc()
@@ -618,13 +628,25 @@ class Engine:
         )
         self._dispatcher.submit(alert, to_send)
 
-    def _backup_deliveries(self, alert: AlertRecord) -> list[DeliveryRecord]:
+    async def _call_round(self, alert: AlertRecord, schedule: Schedule, now: float) -> None:
+        """The first calls, at voice_after_s, between two rounds: stored before they are placed, as a round is."""
+        calls = [d for d in self._backup_deliveries(alert, calls=True) if d.channel == VOICE]
+        to_send = await self._store.start_backup_round(alert.alert_id, schedule, calls, now)
+        if not to_send:
+            return  # acknowledged meanwhile, or no desk has a number to call
+        self._metrics.backup_rounds.labels("voice").inc()
+        log.warning("calls", extra={"event": "call_round", "alert_id": alert.alert_id, "calls": len(to_send)})
+        self._dispatcher.submit(alert, to_send)
+
+    def _backup_deliveries(self, alert: AlertRecord, *, calls: bool) -> list[DeliveryRecord]:
         wanted = []
         for desk_id in alert.desks:
             desk = self._desk_by_id.get(desk_id)
             if desk is None:
                 continue  # a desk removed from the config since: nothing to send it
             for plug in self._backups:
+                if plug.name == VOICE and not calls:
+                    continue
                 wanted += [
                     DeliveryRecord(f"{alert.alert_id}.{desk_id}.{plug.name}.{n}", alert.alert_id, desk_id,
                                    plug.name, target)

@@ -24,6 +24,9 @@ class Form(enum.StrEnum):
     LETTER = "letter"
     # A short text: several to one target within one scheduler pass go as one bundle.
     TEXT = "text"
+    # A call that reads the alert and waits for a key: one desk's numbers one after the other, the next only when
+    # a call was not answered (busy, no answer, failed).
+    CALL = "call"
 
 
 @dataclass(frozen=True, slots=True)

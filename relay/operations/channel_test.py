@@ -18,6 +18,7 @@ from channels.email import SmtpEmailChannel
 from channels.mqtt import MqttChannel
 from channels.smpp import SmppSmsChannel
 from channels.sms import TwilioSmsChannel
+from channels.voice import TwilioVoiceChannel
 from relay.domain import render
 from relay.domain.clock import to_datetime
 from relay.domain.config import Settings
@@ -26,7 +27,7 @@ from relay.domain.records import AlertRecord
 from relay.domain.states import AlertState
 from relay.domain.topics import Topics
 from relay.engine.engine import CHANNEL_TEST_PREFIX
-from relay.operations.daemon import mqtt_settings, sms_channel, smtp_settings
+from relay.operations.daemon import mqtt_settings, sms_channel, smtp_settings, voice_settings
 
 TEST_PREFIX = CHANNEL_TEST_PREFIX
 TEST_TEXT = "ТЕСТ канала связи uav-relay. Это проверка, не тревога; отвечать не нужно."
@@ -92,7 +93,8 @@ async def run_channel_test(settings: Settings, wait_s: float = 20.0) -> list[Res
     if isinstance(sms, SmppSmsChannel):
         sms.set_sink(receipts)
     email = SmtpEmailChannel(smtp_settings(settings)) if settings.email.enabled else None
-    channels += [c for c in (sms, email) if c is not None]
+    voice = TwilioVoiceChannel(voice_settings(settings)) if settings.voice.enabled else None
+    channels += [c for c in (sms, email, voice) if c is not None]
     results: list[Result] = []
     async with asyncio.TaskGroup() as tg:
         runners = [tg.create_task(c.run()) for c in channels]
@@ -102,7 +104,7 @@ async def run_channel_test(settings: Settings, wait_s: float = 20.0) -> list[Res
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(5):
                             await connected.health.wait_up()
-            results = await _run_tests(settings, topics, mqtt, replies, receipts, sms, email, wait_s)
+            results = await _run_tests(settings, topics, mqtt, replies, receipts, sms, email, wait_s, voice)
         finally:
             for r in runners:
                 r.cancel()
@@ -110,7 +112,8 @@ async def run_channel_test(settings: Settings, wait_s: float = 20.0) -> list[Res
 
 
 async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, replies: _Replies, receipts: _Receipts,
-                     sms: Channel | None, email: SmtpEmailChannel | None, wait_s: float) -> list[Result]:
+                     sms: Channel | None, email: SmtpEmailChannel | None, wait_s: float,
+                     voice: Channel | None = None) -> list[Result]:
     now = time.time()
     results: list[Result] = []
     sends: list[tuple[Result, Channel, Outgoing]] = []
@@ -129,6 +132,9 @@ async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, repl
             sends += [(Result("sms", desk.id, phone), sms,  # a key of its own per phone: receipts come by key
                        Outgoing(f"{ref}-{n}", phone, TEST_TEXT.encode(), expiry_s=600))
                       for n, phone in enumerate(desk.sms)]
+        if voice is not None:  # placed is all this can tell: the call's fate goes to the daemon's webhooks
+            sends += [(Result("voice", desk.id, number), voice, Outgoing(f"{ref}-v{n}", number, TEST_TEXT.encode()))
+                      for n, number in enumerate(desk.voice)]
         if email is not None:
             sends += [(Result("email", desk.id, address), email, Outgoing(
                 ref, address, f"{TEST_TEXT}\n\n{render_time(now)}".encode(),

@@ -35,6 +35,11 @@ def config_warnings(s: Settings) -> list[str]:
     if s.sms.enabled and s.sms.provider == "twilio" and urlsplit(s.http.public_url).hostname in _LOOPBACK:
         found.append("http.public_url: a loopback address: the SMS provider cannot reach it, so SMS receipts and "
                      "SMS replies (acks) will never arrive")
+    if s.voice.enabled and urlsplit(s.http.public_url).hostname in _LOOPBACK:
+        found.append("http.public_url: a loopback address: Twilio cannot reach it, so a key pressed on a call (the "
+                     "ack) and the calls' status never arrive")
+    if s.voice.enabled:
+        found += [f"desks[{n}].voice: empty: this desk is never called" for n, d in enumerate(s.desks) if not d.voice]
     if s.mqtt.hosts or s.mqtt.protocol == "3.1.1":
         # NATS's MQTT listener closes the connection of a client that publishes to a topic level holding a dot:
         # the relay would be cut off at every alert for such a desk (docs/operations.md, "A clustered broker")

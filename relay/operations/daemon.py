@@ -13,6 +13,7 @@ from channels.email import SmtpEmailChannel, SmtpSettings
 from channels.mqtt import MqttChannel, MqttSettings
 from channels.smpp import SmppSettings, SmppSmsChannel
 from channels.sms import TwilioReceiver, TwilioSettings, TwilioSmsChannel
+from channels.voice import TwilioVoiceChannel, VoiceReceiver, VoiceSettings
 from relay.domain.clock import Clock, SystemClock
 from relay.domain.config import Settings
 from relay.domain.escalation import Policy
@@ -39,6 +40,7 @@ from relay.engine.peers import Peers
 from relay.engine.plug_board import Form, Plug
 from relay.engine.sms_replies import SmsReplies
 from relay.engine.track_book import TrackBook
+from relay.engine.voice_calls import VoiceCalls
 from relay.operations.canary import Canary
 from relay.operations.retention import Retention
 from relay.operations.systemd import Notifier
@@ -88,6 +90,21 @@ def sms_channel(settings: Settings, now: Callable[[], float]) -> Channel | None:
     return TwilioSmsChannel(twilio_settings(settings), now)
 
 
+def voice_settings(settings: Settings) -> VoiceSettings:
+    """[voice], with [sms]'s account and API where it sets none of its own."""
+    v, sms = settings.voice, settings.sms
+    return VoiceSettings(
+        account_sid=v.account_sid or sms.account_sid,
+        auth_token=v.auth_token.get_secret_value() or sms.auth_token.get_secret_value(),
+        from_number=v.from_number,
+        api_base_url=v.api_base_url or sms.api_base_url,
+        public_url=settings.http.public_url,
+        timeout_s=v.timeout_s,
+        machine_detection=v.machine_detection,
+        ring_timeout_s=v.ring_timeout_s,
+    )
+
+
 def smtp_settings(settings: Settings) -> SmtpSettings:
     e = settings.email
     return SmtpSettings(
@@ -129,7 +146,7 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
 
 def plugs(
     topics: Topics, mqtt: Channel, sms: Channel | None, email: Channel | None, *, give_up_s: float,
-    sms_validity_s: int,
+    sms_validity_s: int, voice: Channel | None = None,
 ) -> tuple[Plug, list[Plug]]:
     """The plug board: the one place that says which channel is what (CONTRACT.md's escalation rule)."""
     primary = Plug(mqtt, Form.CONSOLE, lambda desk: [topics.alerts(desk.id)], workers=64,
@@ -139,6 +156,8 @@ def plugs(
         backups.append(Plug(sms, Form.TEXT, lambda desk: desk.sms, expiry_s=sms_validity_s))
     if email is not None:
         backups.append(Plug(email, Form.LETTER, lambda desk: desk.email, workers=16))
+    if voice is not None:  # a worker waits out each call: as many at once as desks called together
+        backups.append(Plug(voice, Form.CALL, lambda desk: desk.voice, workers=32))
     return primary, backups
 
 
@@ -162,9 +181,12 @@ class Relay:
         mqtt = MqttChannel(mqtt_settings(s, topics), now)
         sms = sms_channel(s, now)
         email = SmtpEmailChannel(smtp_settings(s), now) if s.email.enabled else None
-        backups: list[Channel] = [c for c in (sms, email) if c is not None]
+        voice = TwilioVoiceChannel(voice_settings(s), now) if s.voice.enabled else None
+        backups: list[Channel] = [c for c in (sms, email, voice) if c is not None]
         primary, backup_plugs = plugs(topics, mqtt, sms, email, give_up_s=s.escalation.give_up_s,
-                                      sms_validity_s=s.sms.validity_period_s or int(s.escalation.repeat_s))
+                                      sms_validity_s=s.sms.validity_period_s or int(s.escalation.repeat_s),
+                                      voice=voice)
+        voice_calls = VoiceCalls(store, self.clock)
         renderer = Renderer(ZoneInfo(s.relay.timezone), s.templates.overrides())
         ack_links = AckLinkSigner(
             load_or_create_key(s.http.ack_link_key.get_secret_value(), s.relay.data_dir), s.http.ack_link_ttl_s
@@ -191,6 +213,7 @@ class Relay:
             public_url=s.http.public_url,
             poke=poke,
             jobs=jobs,
+            calls=voice_calls,
         )
         engine = self.engine = Engine(
             store=store,
@@ -201,6 +224,7 @@ class Relay:
                 give_up_s=s.escalation.give_up_s,
                 retry_s=s.escalation.retry_s,
                 backups=frozenset(c.name for c in backups),
+                voice_after_s=s.escalation.voice_after_s if voice is not None else None,
             ),
             clock=self.clock,
             bus=bus,
@@ -229,6 +253,7 @@ class Relay:
         self.metrics.watch_open_alerts(lambda: engine.open_alerts)
         self.metrics.store_up.set_function(lambda: 1 if store.last_error is None else 0)
         trail = FailureTrail(store, self.clock)
+        voice_calls.serve(engine)
         replies = SmsReplies(engine, store, desks, self.clock, self.metrics)
         if isinstance(sms, SmppSmsChannel):  # replies and receipts come over the bind, not through a webhook
             sms.set_sink(replies)
@@ -248,8 +273,12 @@ class Relay:
                 renderer=renderer,
                 ack_links=ack_links,
                 # The wiring names the providers: /webhooks/twilio/... goes to the SMS channel's receiver.
-                receivers=({"twilio": TwilioReceiver(s.sms.auth_token.get_secret_value())}
-                           if isinstance(sms, TwilioSmsChannel) else {}),
+                receivers={
+                    **({"twilio": TwilioReceiver(s.sms.auth_token.get_secret_value())}
+                       if isinstance(sms, TwilioSmsChannel) else {}),
+                    **({"twilio/voice": VoiceReceiver(voice_settings(s), voice.scripts, sink=voice_calls)}
+                       if voice is not None else {}),
+                },
                 replies=replies,
                 consoles=s.consoles,
                 places=s.consoles.places(),

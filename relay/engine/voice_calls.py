@@ -1,0 +1,89 @@
+"""Calls acknowledged by a key: the relay's side of the voice channel's webhooks (channels.voice.VoiceSink).
+
+A key `1` pressed by a person acknowledges the alert (channel `voice`), once per call whatever Twilio repeats; a
+call's final status is recorded on its delivery and tells the dispatcher, which waits for it, whether to call the
+desk's next number (busy, no answer, failed) or not (answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+from channels.voice import CallStatus
+from relay.domain.clock import Clock
+from relay.engine.engine import CHANNEL_TEST_PREFIX, AckRefused, Engine
+from relay.store.base import Store
+
+log = logging.getLogger("relay.voice")
+
+EARLY_KEPT = 1000  # final statuses that came before anyone waited for them (a fast "busy"), the latest kept
+
+
+class VoiceCalls:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store, self._clock = store, clock
+        self._engine: Engine | None = None  # the dispatcher waits on calls before the engine exists: see `serve`
+        self._waiting: dict[str, asyncio.Future[CallStatus]] = {}
+        self._early: OrderedDict[str, CallStatus] = OrderedDict()
+
+    def serve(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("VoiceCalls.serve(engine) was not called")
+        return self._engine
+
+    async def outcome(self, key: str, within_s: float) -> CallStatus | None:
+        """The final status of the call placed for delivery `key`; None if none came within `within_s`."""
+        early = self._early.pop(key, None)
+        if early is not None:
+            return early
+        waiting = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
+        try:
+            async with asyncio.timeout(within_s):
+                return await waiting
+        except TimeoutError:
+            return None
+        finally:
+            self._waiting.pop(key, None)
+
+    async def on_call_status(self, channel: str, status: CallStatus) -> None:
+        if not status.final:
+            return
+        waiting = self._waiting.get(status.key)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(status)
+        else:
+            self._early[status.key] = status
+            while len(self._early) > EARLY_KEPT:
+                self._early.popitem(last=False)
+        reached = bool(status.reached)
+        why = None if reached else f"call {status.status}" + (f" ({status.error_code})" if status.error_code else "")
+        await self.engine.delivery_report(status.key, channel, delivered=reached, error=why)
+
+    async def on_key(self, channel: str, key: str, sender: str, digit: str, call_sid: str) -> str | None:
+        if digit != "1":
+            return None
+        if key.startswith(CHANNEL_TEST_PREFIX):  # `relay test-channels` called: a person heard it and answered
+            log.info("channel test reply", extra={"event": "channel_test_reply", "channel": channel, "from": sender})
+            return "Проверка связи прошла. Спасибо."
+        if not await self._store.first_inbound(channel, call_sid, self._clock.now()):
+            log.info("call's key heard again: recorded once", extra={"event": "voice_key_repeated",
+                                                                    "call_sid": call_sid[:64]})
+            return None
+        alert_id = key.partition(".")[0]
+        alert = await self._store.get_alert(alert_id)
+        delivery = None if alert is None else next((d for d in alert.deliveries if d.delivery_id == key), None)
+        try:
+            if delivery is None:
+                await self.engine.refuse(alert_id, channel, "unknown", f"voice {sender}", f"no call {key[:80]}",
+                                          known=alert is not None)
+            assert delivery is not None
+            await self.engine.acknowledge(alert_id, delivery.desk_id, channel, sender, f"voice {sender}")
+        except AckRefused:
+            return "Подтверждение не принято."
+        return None
