@@ -249,7 +249,19 @@ class Dispatcher:
         if not worth:  # every one acked meanwhile (or unrenderable): an SMS of no alert, "БПЛА, 0 трев.", is noise
             return
         by_alert = {i.alert.alert_id: i for i in worth}
-        for text, alerts in self._render.sms_batches([i.alert for i in worth]):
+        pending = [i.alert for i in worth]
+        while pending:
+            # one SMS at a time, each rendered from what is still open: a bundle runs to several SMS, each takes a
+            # provider call (a second or more), and an ack meanwhile must stop what is not sent yet
+            text, alerts = self._render.sms_batches(pending)[0]
+            acked = [a for a in alerts if not await self._worth_sending(a.alert_id)]
+            if acked:
+                gone = {a.alert_id for a in acked}
+                for alert_id in gone:
+                    await self._store.finish_attempt(by_alert[alert_id].delivery.delivery_id,
+                                                     AttemptOutcome.CANCELLED, self._clock.now())
+                pending = [a for a in pending if a.alert_id not in gone]
+                continue
             batch = [by_alert[a.alert_id] for a in alerts]
             msg = Outgoing(
                 key=",".join(i.delivery.delivery_id for i in batch), target=target, body=text.encode(),
@@ -258,6 +270,8 @@ class Dispatcher:
             result = await self._deliver(plug.name, msg)
             for i in batch:
                 await self._record(i.alert, i.delivery, result)
+            sent = {a.alert_id for a in alerts}
+            pending = [a for a in pending if a.alert_id not in sent]
 
     async def _renderable(self, plug: Plug, items: list[SmsItem]) -> list[SmsItem]:
         """The items whose alert renders on its own: one that cannot must not take a bundle's others with it."""

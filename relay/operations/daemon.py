@@ -78,6 +78,8 @@ def smpp_settings(settings: Settings) -> SmppSettings:
         enquire_link_s=smpp.enquire_link_s,
         submit_timeout_s=sms.timeout_s,
         validity_period_s=sms.validity_period_s or int(settings.escalation.repeat_s),
+        # the SMSC back: sending again within 2 s (the target), however long it was away
+        reconnect_max_s=1.5,
     )
 
 
