@@ -74,3 +74,46 @@ async def test_a_long_scheduler_pass_never_holds_sms_longer_than_the_window() ->
     waited = [at - n * 0.5 for at, ids in sent for n in range(4) if f"A{n}" in ids]
     assert sorted(a for _, ids in sent for a in ids) == ["A0", "A1", "A2", "A3"]
     assert max(waited) <= 0.5 + 1e-9, sent
+
+
+async def test_an_ack_while_a_bundle_is_being_sent_stops_its_sms_not_yet_sent(
+    broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path
+) -> None:
+    """A bundle of many alerts runs to several SMS, each a provider call; the alerts acknowledged meanwhile are not
+    in the SMS that follow (bench.closed_network found them going out seconds after the ack)."""
+    from tests.support.relay import DESK_TOKEN
+    from tests.support.twilio_fake import Fault
+
+    cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=smtp.port, twilio_url=twilio.base_url,
+                       ack_timeout_s=1.0, repeat_s=300)
+    alerts = []
+    async with running_relay(cfg) as relay:
+        for n in range(16):
+            status, body = await relay.post_report(report(f"bundle-ack-{n}"))
+            assert status == 201
+            alerts.append(body)
+        due_by = time.time() + 1.0 + 0.2
+    assert not twilio.messages, "the relay stopped before any backup was due"
+    await asyncio.sleep(max(0.0, due_by - time.time()))  # the stored due times pass while the relay is down
+
+    twilio.faults = [Fault(delay_s=0.5) for _ in range(40)]  # a slow provider: each SMS takes half a second
+    async with running_relay(cfg) as relay:  # every round in one pass: one bundle per phone, several SMS each
+        await eventually(lambda: DESK1_PHONE in twilio.tried, timeout=10, what="the bundle's first SMS under way")
+        for a in alerts:
+            async with relay.http.post(f"{relay.url}/api/v1/alerts/{a['alert_id']}/ack", json={"by": "Иванов"},
+                                       headers={"Authorization": f"Bearer {DESK_TOKEN}"}) as r:
+                assert r.status == 200
+
+        async def all_final() -> bool:
+            for a in alerts:
+                async with relay.http.get(f"{relay.url}/api/v1/alerts/{a['alert_id']}",
+                                          headers={"Authorization": f"Bearer {DESK_TOKEN}"}) as r:
+                    got = await r.json()
+                if any(d["channel"] == "sms" and d["state"] in ("queued", "sending") for d in got["deliveries"]):
+                    return False
+            return True
+
+        await eventually(all_final, timeout=30, what="every SMS of the bundle sent or cancelled")
+    sent = [m for m in twilio.messages if m.to == DESK1_PHONE]
+    codes_sent = sum(a["short_code"] in " ".join(m.body for m in sent) for a in alerts)
+    assert len(sent) == 1 and codes_sent < len(alerts), [m.body for m in sent]  # the one under way; the rest not
