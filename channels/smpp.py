@@ -235,11 +235,10 @@ class SmppSmsChannel:
             self._bind = None
             for task in list(self._tasks):
                 task.cancel()
-            try:
+            # whatever stopping it raises, the connection is gone either way
+            with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await client.stop()
-            except Exception:  # noqa: BLE001, S110 - the connection is gone either way
-                pass
         self._down(f"bind to {where} lost: {reason}")
         log.warning("SMPP bind lost", extra={"event": "smpp_bind_lost", "smsc": where, "error": reason})
 
