@@ -104,22 +104,11 @@ class TwilioSmsChannel:
         if not self.breaker.allow():
             return SendResult.failed(FailureReason.UNREACHABLE, f"circuit open: {self.health.detail}")
         callback = f"{self._cfg.status_callback_url}?{urlencode({'key': msg.key})}"
-        try:
-            sid = await with_retries(
-                lambda: self._create(client, msg, callback), attempts=self._cfg.attempts,
-                budget_s=self._cfg.retry_budget_s, first_wait_s=0.2, max_wait_s=2.0, breaker=self.breaker, log=log,
-                event="sms_retry",
-            )
-        except Transient as exc:
-            self.breaker.failed(str(exc))
-            return SendResult.failed(exc.reason, str(exc))
-        except Refused as exc:
-            return self._permanent(exc.error)
-        except Exception as exc:  # noqa: BLE001 - whatever else the client raises is this send's failure alone
-            self.breaker.failed(f"{type(exc).__name__}: {exc}")
-            return SendResult.failed(FailureReason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
-        self.breaker.succeeded()
-        return SendResult.accepted(provider_ref=sid)
+        return await created_or_failed(
+            lambda: self._create(client, msg, callback), attempts=self._cfg.attempts,
+            budget_s=self._cfg.retry_budget_s, breaker=self.breaker, event="sms_retry", codes=PERMANENT_CODES,
+            logger=log,
+        )
 
     async def _create(self, client: Any, msg: Outgoing, callback: str) -> str:
         return await create_with_translation(
@@ -142,8 +131,25 @@ class TwilioSmsChannel:
             message = await client.messages(sid).fetch_async()
         return str(message.status)
 
-    def _permanent(self, exc: Any) -> SendResult:
-        return refused_result(exc, self.breaker, PERMANENT_CODES)
+async def created_or_failed(
+    create: Callable[[], Awaitable[str]], *, attempts: int, budget_s: float, breaker: CircuitBreaker, event: str,
+    codes: Mapping[int, str], logger: logging.Logger,
+) -> SendResult:
+    """A Twilio create call (an SMS, a call) with its retries, as a send's result: the resource's sid, or why not.
+    The breaker hears how it went."""
+    try:
+        sid = await with_retries(create, attempts=attempts, budget_s=budget_s, first_wait_s=0.2, max_wait_s=2.0,
+                                 breaker=breaker, log=logger, event=event)
+    except Transient as exc:
+        breaker.failed(str(exc))
+        return SendResult.failed(exc.reason, str(exc))
+    except Refused as exc:
+        return refused_result(exc.error, breaker, codes)
+    except Exception as exc:  # noqa: BLE001 - whatever else the client raises is this send's failure alone
+        breaker.failed(f"{type(exc).__name__}: {exc}")
+        return SendResult.failed(FailureReason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
+    breaker.succeeded()
+    return SendResult.accepted(provider_ref=sid)
 
 
 async def create_with_translation(create: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> str:

@@ -29,14 +29,12 @@ from channels.base import (
     WebhookCall,
 )
 from channels.breaker import CircuitBreaker
-from channels.retry import Transient, with_retries
 from channels.sms import (
     SIGNATURE_HEADER,
-    Refused,
     SignatureError,
     check_signature,
     create_with_translation,
-    refused_result,
+    created_or_failed,
 )
 
 log = logging.getLogger("channels.voice")
@@ -176,22 +174,11 @@ class TwilioVoiceChannel:
         if not self.breaker.allow():
             return SendResult.failed(FailureReason.UNREACHABLE, f"circuit open: {self.health.detail}")
         self.scripts.put(msg.key, text)
-        try:
-            sid = await with_retries(
-                lambda: self._create(client, msg, document), attempts=self._cfg.attempts,
-                budget_s=self._cfg.retry_budget_s, first_wait_s=0.2, max_wait_s=2.0, breaker=self.breaker, log=log,
-                event="voice_retry",
-            )
-        except Transient as exc:
-            self.breaker.failed(str(exc))
-            return SendResult.failed(exc.reason, str(exc))
-        except Refused as exc:
-            return self._permanent(exc.error)
-        except Exception as exc:  # noqa: BLE001 - whatever else the client raises is this call's failure alone
-            self.breaker.failed(f"{type(exc).__name__}: {exc}")
-            return SendResult.failed(FailureReason.UNEXPECTED, f"{type(exc).__name__}: {exc}")
-        self.breaker.succeeded()
-        return SendResult.accepted(provider_ref=sid)
+        return await created_or_failed(
+            lambda: self._create(client, msg, document), attempts=self._cfg.attempts,
+            budget_s=self._cfg.retry_budget_s, breaker=self.breaker, event="voice_retry", codes=PERMANENT_CODES,
+            logger=log,
+        )
 
     async def _create(self, client: Any, msg: Outgoing, document: str) -> str:
         extra: dict[str, Any] = {}
@@ -209,10 +196,6 @@ class TwilioVoiceChannel:
             ),
             self._cfg.timeout_s, "call",
         )
-
-    def _permanent(self, exc: Any) -> SendResult:
-        return refused_result(exc, self.breaker, PERMANENT_CODES)
-
 
 # ---- TwiML ---------------------------------------------------------------------------------------------------
 
