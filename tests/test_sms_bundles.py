@@ -81,7 +81,6 @@ async def test_an_ack_while_a_bundle_is_being_sent_stops_its_sms_not_yet_sent(
 ) -> None:
     """A bundle of many alerts runs to several SMS, each a provider call; the alerts acknowledged meanwhile are not
     in the SMS that follow (bench.closed_network found them going out seconds after the ack)."""
-    from tests.support.relay import DESK_TOKEN
     from tests.support.twilio_fake import Fault
 
     cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=smtp.port, twilio_url=twilio.base_url,
@@ -100,15 +99,11 @@ async def test_an_ack_while_a_bundle_is_being_sent_stops_its_sms_not_yet_sent(
     async with running_relay(cfg) as relay:  # every round in one pass: one bundle per phone, several SMS each
         await eventually(lambda: DESK1_PHONE in twilio.tried, timeout=10, what="the bundle's first SMS under way")
         for a in alerts:
-            async with relay.http.post(f"{relay.url}/api/v1/alerts/{a['alert_id']}/ack", json={"by": "Иванов"},
-                                       headers={"Authorization": f"Bearer {DESK_TOKEN}"}) as r:
-                assert r.status == 200
+            assert (await relay.ack(a["alert_id"]))[0] == 200
 
         async def all_final() -> bool:
             for a in alerts:
-                async with relay.http.get(f"{relay.url}/api/v1/alerts/{a['alert_id']}",
-                                          headers={"Authorization": f"Bearer {DESK_TOKEN}"}) as r:
-                    got = await r.json()
+                got = await relay.alert(a["alert_id"])
                 if any(d["channel"] == "sms" and d["state"] in ("queued", "sending") for d in got["deliveries"]):
                     return False
             return True

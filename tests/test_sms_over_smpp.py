@@ -16,7 +16,6 @@ from tests.support.broker import Mosquitto
 from tests.support.relay import (
     DESK1_PHONE,
     DESK1_PHONE2,
-    OPERATOR_TOKEN,
     RunningRelay,
     report,
     running_relay,
@@ -55,14 +54,6 @@ async def relay(broker: Mosquitto, smtp: SmtpServer, smsc: Smsc, tmp_path: Path)
         yield running
 
 
-async def _alert(relay: RunningRelay, alert_id: str) -> dict[str, Any]:
-    async with relay.http.get(f"{relay.url}/api/v1/alerts/{alert_id}",
-                              headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as r:
-        assert r.status == 200
-        body: dict[str, Any] = await r.json()
-        return body
-
-
 async def _sent_to(smsc: Smsc, phone: str, needle: str) -> str | None:
     return next((text for dest, text in smsc.texts() if dest == phone and needle in text), None)
 
@@ -79,7 +70,7 @@ async def test_a_backup_round_goes_to_the_smsc_in_russian_and_its_receipt_marks_
     assert all(s.data_coding == 8 for s in smsc.submits)
 
     async def delivered() -> bool:  # the SMSC's receipt (deliver_sm, esm_class 0x04) reached the delivery
-        alert = await _alert(relay, accepted["alert_id"])
+        alert = await relay.alert(accepted["alert_id"])
         return any(d["channel"] == "sms" and d["target"] == DESK1_PHONE and d["state"] == "delivered"
                    for d in alert["deliveries"])
 
@@ -96,15 +87,15 @@ async def test_a_reply_with_the_code_from_a_desks_phone_acknowledges_and_is_answ
 
     await smsc.deliver("+79990000000", "UAV", code)  # a number of no desk: refused, answered
     await eventually(lambda: _sent_to(smsc, "+79990000000", code), timeout=10, what="the refusal's answer")
-    assert (await _alert(relay, accepted["alert_id"]))["state"] != "acknowledged"
+    assert (await relay.alert(accepted["alert_id"]))["state"] != "acknowledged"
 
     await smsc.deliver(DESK1_PHONE2, "UAV", f"принято {code}")
 
     async def acked() -> bool:
-        return bool((await _alert(relay, accepted["alert_id"]))["state"] == "acknowledged")
+        return bool((await relay.alert(accepted["alert_id"]))["state"] == "acknowledged")
 
     await eventually(acked, timeout=10, what="the ack by SMS reply over SMPP")
-    alert = await _alert(relay, accepted["alert_id"])
+    alert = await relay.alert(accepted["alert_id"])
     assert alert["ack"]["channel"] == "sms"
     answer = await eventually(lambda: _sent_to(smsc, DESK1_PHONE2, "подтверждена"), timeout=10,
                               what="the answer to the reply")
@@ -138,7 +129,7 @@ async def test_a_bind_lost_in_the_middle_of_a_round_loses_no_sms(relay: RunningR
     assert len(unanswered) == 1  # the one the SMSC hung up on; sent again after the rebind, with an answer
 
     async def recorded() -> bool:
-        alert = await _alert(relay, accepted["alert_id"])
+        alert = await relay.alert(accepted["alert_id"])
         return all(d["state"] in ("sent", "delivered") for d in alert["deliveries"]
                    if d["channel"] == "sms" and d["desk_id"] == "airfield-1")
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from channels.voice import spell_code
 from tests.support.broker import Mosquitto
-from tests.support.relay import OPERATOR_TOKEN, RunningRelay, report, running_relay, settings_dict, with_backups
+from tests.support.relay import RunningRelay, report, running_relay, settings_dict, with_backups
 from tests.support.smtp import SmtpServer
 from tests.support.twilio_fake import FROM_NUMBER, TwilioFake, post_signed
 from tests.support.wait import eventually
@@ -32,14 +31,6 @@ async def relay(broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_pat
         yield running
 
 
-async def _alert(relay: RunningRelay, alert_id: str) -> dict[str, Any]:
-    async with relay.http.get(f"{relay.url}/api/v1/alerts/{alert_id}",
-                              headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as r:
-        assert r.status == 200
-        body: dict[str, Any] = await r.json()
-        return body
-
-
 async def test_an_unacknowledged_alert_calls_the_desk_and_key_1_acknowledges_it_once(
     relay: RunningRelay, twilio: TwilioFake
 ) -> None:
@@ -54,21 +45,20 @@ async def test_an_unacknowledged_alert_calls_the_desk_and_key_1_acknowledges_it_
     assert "нажмите 1" in heard.lower()
 
     await twilio.press(call, "7")  # a wrong key: read again, nothing acknowledged
-    assert (await _alert(relay, accepted["alert_id"]))["state"] != "acknowledged"
+    assert (await relay.alert(accepted["alert_id"]))["state"] != "acknowledged"
     pressed = await twilio.press(call, "1")
     assert pressed.status == 200
 
     async def acked() -> bool:
-        return bool((await _alert(relay, accepted["alert_id"]))["state"] == "acknowledged")
+        return bool((await relay.alert(accepted["alert_id"]))["state"] == "acknowledged")
 
     await eventually(acked, timeout=10, what="the ack by key 1")
-    alert = await _alert(relay, accepted["alert_id"])
+    alert = await relay.alert(accepted["alert_id"])
     assert alert["ack"]["channel"] == "voice" and alert["ack"]["by"] == DESK1_VOICE
     again = await twilio.repost(call, index=-2)  # Twilio retries the key's webhook: still one ack
     assert again.status == 200
-    async with relay.http.get(f"{relay.url}/api/v1/alerts/{accepted['alert_id']}/history",
-                              headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}) as r:
-        kinds = [e["kind"] for e in (await r.json())["events"]]
+    _, history = await relay.get(f"/api/v1/alerts/{accepted['alert_id']}/history")
+    kinds = [e["kind"] for e in history["events"]]
     assert kinds.count("acknowledged") == 1 and "duplicate_ack" not in kinds
 
 
@@ -85,10 +75,10 @@ async def test_a_busy_number_passes_the_call_to_the_desks_next_number_at_once(
     await twilio.press(second, "1")
 
     async def acked() -> bool:
-        return bool((await _alert(relay, accepted["alert_id"]))["state"] == "acknowledged")
+        return bool((await relay.alert(accepted["alert_id"]))["state"] == "acknowledged")
 
     await eventually(acked, timeout=10, what="the ack from the second number")
-    alert = await _alert(relay, accepted["alert_id"])
+    alert = await relay.alert(accepted["alert_id"])
     calls = {d["target"]: d for d in alert["deliveries"] if d["channel"] == "voice"}
     assert calls[DESK1_VOICE]["state"] == "failed" and "busy" in (calls[DESK1_VOICE]["error"] or "")
 
@@ -107,7 +97,7 @@ async def test_a_machine_hears_the_alert_but_cannot_acknowledge_and_a_forged_key
                                   {"CallSid": "CA" + "9" * 32, "Digits": "1", "To": DESK1_VOICE},
                                   signature="bm90IGEgc2lnbmF0dXJl")
     assert forged == 403
-    assert (await _alert(relay, accepted["alert_id"]))["state"] != "acknowledged"
+    assert (await relay.alert(accepted["alert_id"]))["state"] != "acknowledged"
 
 
 async def test_test_channels_places_a_marked_test_call_to_every_number(

@@ -70,16 +70,11 @@ class TwilioFake(TwilioSink):
     async def start(self) -> None:
         self.phone_calls = []
         self._call_sids = itertools.count(1)
-        app = web.Application()
-        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
-        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages/{msid}.json", self._fetch)
+        await super().start()
+
+    def _routes(self, app: web.Application) -> None:
+        super()._routes(app)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Calls.json", self._create_call)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
 
     async def wait_for(self, count: int, timeout: float = 5.0, to: str | None = None) -> list[Sms]:
         def got() -> list[Sms] | None:

@@ -63,14 +63,17 @@ class TwilioSink:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
-        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages/{msid}.json", self._fetch)
+        self._routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1])
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages/{msid}.json", self._fetch)
 
     async def stop(self) -> None:
         if self._runner is not None:
