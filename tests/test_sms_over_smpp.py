@@ -149,3 +149,25 @@ async def test_an_smsc_that_refuses_the_login_is_said_plainly_and_nothing_is_los
         smsc.password = "secret"
         await eventually(lambda: _sent_to(smsc, DESK1_PHONE, accepted["short_code"]), timeout=30,
                          what="the SMS once the SMSC took the login again")
+
+
+async def test_a_flood_of_hostile_replies_over_the_bind_acknowledges_nothing_and_stops_nothing(
+    relay: RunningRelay, smsc: Smsc
+) -> None:
+    status, accepted = await relay.post_report(report("smpp-hostile"))
+    assert status == 201
+    code = accepted["short_code"]
+    await eventually(lambda: _sent_to(smsc, DESK1_PHONE, code), timeout=10, what="the SMS at the SMSC")
+    hostile = ["\u202e" + code[::-1], code + "\u0000\u0007", "\u2028\u2029", "x" * 2000, "ZZZZ " * 30]
+    for n in range(60):
+        await smsc.deliver(DESK1_PHONE, "UAV", hostile[n % len(hostile)], ref=n % 250)
+    await smsc.deliver_raw(b"\x00\x00\x00\x10garbage-pdu!")  # the bind drops; the channel binds again
+    assert (await relay.alert(accepted["alert_id"]))["state"] != "acknowledged"
+    await eventually(lambda: relay.metric('relay_channel_up{channel="sms"}'), timeout=15, what="bound again")
+    await smsc.deliver(DESK1_PHONE, "UAV", code)
+
+    async def acked() -> bool:
+        return bool((await relay.alert(accepted["alert_id"]))["state"] == "acknowledged")
+
+    await eventually(acked, timeout=15, what="the real reply acknowledging after the flood")
+    assert await relay.metric('relay_job_failures_total{kind="inbound",reason="unexpected"}') == 0

@@ -17,10 +17,10 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from channels.base import HealthState, Outgoing, SendResult
-from channels.voice import spell_code
+from channels.voice import CallStatus, spell_code
 from relay.domain import render, transitions
 from relay.domain.clock import Clock
 from relay.domain.records import AlertRecord, AttemptOutcome, DeliveryRecord
@@ -41,7 +41,7 @@ CALL_WAIT_S = 180.0
 
 
 class CallOutcomes(Protocol):
-    async def outcome(self, key: str, within_s: float) -> Any:
+    async def outcome(self, key: str, within_s: float) -> CallStatus | None:
         """The final status of the call placed for delivery `key` (`.reached`: answered), None if none came."""
         ...
 
@@ -200,7 +200,7 @@ class Dispatcher:
                 JobKind.DELIVERY, functools.partial(self._call, alert, d), alert_id=alert.alert_id,
                 on_failure=functools.partial(self._failed, [d]), delivery_id=d.delivery_id, channel=d.channel,
             )
-            if placed is None or not placed:
+            if not placed:
                 continue  # not placed (recorded as failed): the next number at once
             status = await self._calls.outcome(d.delivery_id, CALL_WAIT_S) if self._calls is not None else None
             if status is not None and not status.reached:
@@ -250,17 +250,18 @@ class Dispatcher:
             return
         by_alert = {i.alert.alert_id: i for i in worth}
         pending = [i.alert for i in worth]
-        while pending:
-            # one SMS at a time, each rendered from what is still open: a bundle runs to several SMS, each takes a
-            # provider call (a second or more), and an ack meanwhile must stop what is not sent yet
-            text, alerts = self._render.sms_batches(pending)[0]
-            acked = [a for a in alerts if not await self._worth_sending(a.alert_id)]
-            if acked:
-                gone = {a.alert_id for a in acked}
+        batches = self._render.sms_batches(pending)
+        while batches:
+            # a bundle runs to several SMS, each a provider call (a second or more): before each, its alerts are
+            # looked at again, and one acknowledged meanwhile is cancelled and the rest of the bundle rendered anew
+            text, alerts = batches[0]
+            gone = {a.alert_id for a in alerts if not await self._worth_sending(a.alert_id)}
+            if gone:
                 for alert_id in gone:
                     await self._store.finish_attempt(by_alert[alert_id].delivery.delivery_id,
                                                      AttemptOutcome.CANCELLED, self._clock.now())
                 pending = [a for a in pending if a.alert_id not in gone]
+                batches = self._render.sms_batches(pending)
                 continue
             batch = [by_alert[a.alert_id] for a in alerts]
             msg = Outgoing(
@@ -272,6 +273,7 @@ class Dispatcher:
                 await self._record(i.alert, i.delivery, result)
             sent = {a.alert_id for a in alerts}
             pending = [a for a in pending if a.alert_id not in sent]
+            batches = batches[1:]
 
     async def _renderable(self, plug: Plug, items: list[SmsItem]) -> list[SmsItem]:
         """The items whose alert renders on its own: one that cannot must not take a bundle's others with it."""

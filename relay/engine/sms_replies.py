@@ -15,6 +15,7 @@ from relay.domain import short_code
 from relay.domain.clock import Clock
 from relay.domain.routing import Desk
 from relay.engine.engine import AckRefused, Engine
+from relay.engine.jobs import JobKind, Jobs
 from relay.engine.metrics import Metrics
 from relay.store.base import Store
 
@@ -93,3 +94,21 @@ class SmsReplies:
         first = result.alert.ack
         who = f" ({first.by}, {first.channel})" if first else ""
         return f"Тревога {code} уже была подтверждена{who}."
+
+
+class ContainedReplies:
+    """SmsReplies for a channel that hears replies and receipts itself (SMPP, over its bind): each is a job of its
+    own, so what one raises is counted and logged as every job's failure is (a webhook's is its request's)."""
+
+    def __init__(self, replies: SmsReplies, jobs: Jobs) -> None:
+        self._replies, self._jobs = replies, jobs
+
+    async def on_reply(self, channel: str, sender: str, text: str, message_id: str) -> str | None:
+        return await self._jobs.run(JobKind.INBOUND, lambda: self._replies.on_reply(channel, sender, text, message_id),
+                                    channel=channel, sender=sender[:64])
+
+    async def on_receipt(self, channel: str, keys: Sequence[str], delivered: bool | None, status: str,
+                         error: str | None) -> None:
+        await self._jobs.run(JobKind.INBOUND,
+                             lambda: self._replies.on_receipt(channel, keys, delivered, status, error),
+                             alert_id=",".join(keys)[:64], channel=channel)

@@ -38,7 +38,7 @@ from relay.engine.jobs import JobKind, Jobs
 from relay.engine.metrics import Metrics
 from relay.engine.peers import Peers
 from relay.engine.plug_board import Form, Plug
-from relay.engine.sms_replies import SmsReplies
+from relay.engine.sms_replies import ContainedReplies, SmsReplies
 from relay.engine.track_book import TrackBook
 from relay.engine.voice_calls import VoiceCalls
 from relay.operations.canary import Canary
@@ -258,7 +258,7 @@ class Relay:
         voice_calls.serve(engine)
         replies = SmsReplies(engine, store, desks, self.clock, self.metrics)
         if isinstance(sms, SmppSmsChannel):  # replies and receipts come over the bind, not through a webhook
-            sms.set_sink(replies)
+            sms.set_sink(ContainedReplies(replies, jobs))
         h = s.http
         http = HttpServer(
             ApiContext(
