@@ -261,7 +261,7 @@ class Dispatcher:
                     await self._store.finish_attempt(by_alert[alert_id].delivery.delivery_id,
                                                      AttemptOutcome.CANCELLED, self._clock.now())
                 pending = [a for a in pending if a.alert_id not in gone]
-                batches = self._render.sms_batches(pending)
+                batches = self._render.sms_batches(pending) if pending else []  # none left: no SMS of no alert
                 continue
             batch = [by_alert[a.alert_id] for a in alerts]
             msg = Outgoing(
