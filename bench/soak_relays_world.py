@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +86,7 @@ class ClusterConsole(Console):
         super().__init__(ports[first], desk_id)
         self.ports, self._at = ports, first
         self.node: int | None = None  # index of the node it is connected to now
+        self._node_at = first  # the node it is connecting to
         self.connects: list[tuple[float, int]] = []  # (perf_counter, node index) of each accepted CONNECT
 
     async def _run(self) -> None:
@@ -95,27 +96,19 @@ class ClusterConsole(Console):
                                     protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=2,
                                     timeout=5, username=self._login["username"],
                                     password=self._login["password"])
+            self._node_at = at
             try:
-                async with client:
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self._client, self.node = client, at
-                    self.connects.append((time.perf_counter(), at))
-                    self._connected.set()
-                    async for msg in client.messages:
-                        payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
-                        try:
-                            body = json.loads(payload)
-                        except ValueError:
-                            body = {"_raw": payload.decode(errors="replace")}
-                        self.messages.put_nowait((msg.topic.value, body, msg))
+                await self._serve(client)
             except aiomqtt.MqttError:
                 pass
             finally:
-                self._client, self.node = None, None
-                self._connected.clear()
+                self.node = None
             self._at += 1
             await asyncio.sleep(0.2)
+
+    def _on_connect(self) -> None:
+        self.node = self._node_at
+        self.connects.append((time.perf_counter(), self._node_at))
 
     async def publish(self, topic: str, body: dict[str, Any] | str | bytes) -> None:
         """QoS 1, kept until a node takes it (its PUBACK: NATS gives it once the message is in JetStream)."""
@@ -135,33 +128,12 @@ class ClusterConsole(Console):
 
 
 class RecordingDesk(Desk):
-    """soak_world's Desk (`received` to every first copy, `ack` after a drawn delay to a drawn share), which also
-    keeps the arrival time of every copy."""
+    """soak_world's Desk (`received` to every first copy, `ack` after a drawn delay to a drawn share, the arrival
+    time of every copy), named after its console's desk."""
 
     def __init__(self, console: ClusterConsole, rng: random.Random, ack_share: float, max_delay_s: float) -> None:
         super().__init__(console, rng, ack_share, max_delay_s)
         self.desk_id = console.desk_id
-        self.copy_at: dict[str, list[float]] = defaultdict(list)
-
-    async def run(self) -> None:
-        while True:
-            _, body, _ = await self.console.messages.get()
-            t = time.perf_counter()
-            alert_id = body.get("alert_id")
-            if not isinstance(alert_id, str):
-                continue
-            self.copy_at[alert_id].append(t)
-            self.copies[alert_id] += 1
-            if alert_id in self.first:
-                continue  # a second copy: a console drops it
-            self.first[alert_id] = t
-            self.report_of[alert_id] = str(body.get("report_id"))
-            ack_after = self.rng.uniform(0, self.max_delay_s) if self.rng.random() < self.ack_share else None
-            if ack_after is not None:
-                self.will_ack.add(alert_id)
-            task = asyncio.create_task(self._answer(alert_id, ack_after))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
 
 # ---- the cluster ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +155,7 @@ class Desk:
         self.first: dict[str, float] = {}  # alert_id -> perf_counter() when its first copy came out of the client
         self.report_of: dict[str, str] = {}  # alert_id -> report_id
         self.copies: Counter[str] = Counter()
+        self.copy_at: dict[str, list[float]] = defaultdict(list)  # alert_id -> when each copy came out
         self.will_ack: set[str] = set()
         self.acks_sent = 0
         self.answers_failed = 0  # a `received` or `ack` that could not be published within 10 s (broker down)
@@ -168,6 +169,7 @@ class Desk:
             if not isinstance(alert_id, str):
                 continue
             self.copies[alert_id] += 1
+            self.copy_at[alert_id].append(t)
             if alert_id in self.first:
                 continue  # a second copy: a console drops it
             self.first[alert_id] = t

@@ -38,32 +38,42 @@ class MqttPeer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
 
-    async def _run(self) -> None:
+    def _new_client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
-        client = aiomqtt.Client("127.0.0.1", self.port, identifier=self.identifier,
-                                protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
-                                keepalive=2, tls_params=self._tls, **self._login)
+        return aiomqtt.Client("127.0.0.1", self.port, identifier=self.identifier,
+                              protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
+                              keepalive=2, tls_params=self._tls, **self._login)
+
+    async def _run(self) -> None:
+        client = self._new_client()
         while True:
-            try:
-                async with client:
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self._client = client
-                    self._connected.set()
-                    async for msg in client.messages:
-                        payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
-                        try:
-                            body = json.loads(payload)
-                        except ValueError:
-                            body = {"_raw": payload.decode(errors="replace")}
-                        self.messages.put_nowait((msg.topic.value, body, msg))
-            except aiomqtt.MqttError:
-                pass
-            finally:
-                self._client = None
-                self._connected.clear()
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._serve(client)
             await asyncio.sleep(0.1)  # reconnect backoff of this test peer
+
+    def _on_connect(self) -> None:
+        """Connected and subscribed (a subclass keeps a record of it)."""
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """One connection: subscribe, then collect what arrives (decoded as JSON where it is) until it ends."""
+        try:
+            async with client:
+                for topic in self.topics:
+                    await client.subscribe(topic, qos=1)
+                self._client = client
+                self._on_connect()
+                self._connected.set()
+                async for msg in client.messages:
+                    payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+                    try:
+                        body = json.loads(payload)
+                    except ValueError:
+                        body = {"_raw": payload.decode(errors="replace")}
+                    self.messages.put_nowait((msg.topic.value, body, msg))
+        finally:
+            self._client = None
+            self._connected.clear()
 
     async def next(self, timeout: float = 5.0, topic_prefix: str = "") -> tuple[str, dict[str, Any]]:
         async with asyncio.timeout(timeout):

@@ -15,7 +15,6 @@ reader would not guess:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
@@ -253,23 +252,7 @@ class Console311(Console):
     """The dispatcher console of tests/support/console.py, on MQTT 3.1.1 (a persistent session: clean_session
     False), at one node of the cluster."""
 
-    async def _run(self) -> None:
-        client = aiomqtt.Client("127.0.0.1", self.port, identifier=self.identifier,
-                                protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=2,
-                                timeout=10, **self._login)
-        while True:
-            try:
-                async with client:
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self._client = client
-                    self._connected.set()
-                    async for msg in client.messages:
-                        payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
-                        self.messages.put_nowait((msg.topic.value, json.loads(payload), msg))
-            except aiomqtt.MqttError:
-                pass
-            finally:
-                self._client = None
-                self._connected.clear()
-            await asyncio.sleep(0.1)
+    def _new_client(self) -> aiomqtt.Client:
+        return aiomqtt.Client("127.0.0.1", self.port, identifier=self.identifier,
+                              protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=2,
+                              timeout=10, **self._login)
