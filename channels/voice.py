@@ -180,6 +180,16 @@ class TwilioVoiceChannel:
             logger=log,
         )
 
+    async def fetch_status(self, sid: str) -> tuple[str, str]:
+        """Twilio's current status of a placed call (queued, ringing, in-progress, completed, busy, no-answer,
+        failed, canceled) and who answered it ("" when machine detection is off or nobody has yet)."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("voice channel not started")
+        async with asyncio.timeout(self._cfg.timeout_s):
+            call = await client.calls(sid).fetch_async()
+        return str(call.status), str(call.answered_by or "")
+
     async def _create(self, client: Any, msg: Outgoing, document: str) -> str:
         extra: dict[str, Any] = {}
         if self._cfg.machine_detection:

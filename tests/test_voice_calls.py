@@ -5,6 +5,7 @@ busy or unanswered number passes the call to the desk's next one at once, a forg
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -109,8 +110,40 @@ async def test_test_channels_places_a_marked_test_call_to_every_number(
     cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=smtp.port, twilio_url=twilio.base_url)
     cfg["voice"] = {"enabled": True, "from_number": FROM_NUMBER}
     cfg["desks"][0] = {**cfg["desks"][0], "voice": [DESK1_VOICE, DESK1_VOICE2]}
-    results = await run_channel_test(Settings(**cfg), wait_s=2)
-    calls = [r for r in results if r.channel == "voice"]
-    assert {r.target for r in calls} == {DESK1_VOICE, DESK1_VOICE2} and all(r.accepted for r in calls), calls
-    placed = await twilio.wait_for_calls(2)
-    assert all("ТЕСТ" in call.twiml for call in placed)  # what the phone would read (no daemon here to answer to)
+
+    async def far_end() -> None:
+        # no daemon runs here to take the status callbacks: the phones' fate is set on the server, which is what
+        # the command reads back
+        placed = {c.to: c for c in await twilio.wait_for_calls(2, timeout=10)}
+        placed[DESK1_VOICE].answered_by, placed[DESK1_VOICE].status = "human", "in-progress"
+        placed[DESK1_VOICE2].status = "busy"
+
+    async with asyncio.TaskGroup() as tg:
+        test = tg.create_task(run_channel_test(Settings(**cfg), wait_s=5))
+        tg.create_task(far_end())
+    calls = {r.target: r for r in test.result() if r.channel == "voice"}
+    assert set(calls) == {DESK1_VOICE, DESK1_VOICE2} and all(r.accepted for r in calls.values()), calls
+    assert calls[DESK1_VOICE].delivered is True and "answered by human" in calls[DESK1_VOICE].detail
+    assert calls[DESK1_VOICE2].delivered is False and calls[DESK1_VOICE2].detail.endswith("busy")
+    assert all("ТЕСТ" in call.twiml for call in twilio.phone_calls)  # what the phones read out
+
+
+async def test_test_channels_says_no_when_a_machine_answers_the_test_call(
+    broker: Mosquitto, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path
+) -> None:
+    from relay.domain.config import Settings
+    from relay.operations.channel_test import run_channel_test
+
+    cfg = with_backups(settings_dict(broker.port, tmp_path / "data"), smtp_port=smtp.port, twilio_url=twilio.base_url)
+    cfg["voice"] = {"enabled": True, "from_number": FROM_NUMBER}
+    cfg["desks"][0] = {**cfg["desks"][0], "voice": [DESK1_VOICE]}
+
+    async def far_end() -> None:
+        (call,) = await twilio.wait_for_calls(1, timeout=10)
+        call.answered_by, call.status = "machine_end_beep", "completed"
+
+    async with asyncio.TaskGroup() as tg:
+        test = tg.create_task(run_channel_test(Settings(**cfg), wait_s=5))
+        tg.create_task(far_end())
+    (call,) = [r for r in test.result() if r.channel == "voice"]
+    assert call.accepted and call.delivered is False and "machine_end_beep" in call.detail

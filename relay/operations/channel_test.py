@@ -18,7 +18,7 @@ from channels.email import SmtpEmailChannel
 from channels.mqtt import MqttChannel
 from channels.smpp import SmppSmsChannel
 from channels.sms import TwilioSmsChannel
-from channels.voice import TwilioVoiceChannel
+from channels.voice import TwilioVoiceChannel, is_machine
 from relay.domain import render
 from relay.domain.clock import to_datetime
 from relay.domain.config import Settings
@@ -132,7 +132,7 @@ async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, repl
             sends += [(Result("sms", desk.id, phone), sms,  # a key of its own per phone: receipts come by key
                        Outgoing(f"{ref}-{n}", phone, TEST_TEXT.encode(), expiry_s=600))
                       for n, phone in enumerate(desk.sms)]
-        if voice is not None:  # placed is all this can tell: the call's fate goes to the daemon's webhooks
+        if voice is not None:  # answered or not is read back from the provider; a key pressed goes to the daemon
             sends += [(Result("voice", desk.id, number), voice, Outgoing(f"{ref}-v{n}", number, TEST_TEXT.encode()))
                       for n, number in enumerate(desk.voice)]
         if email is not None:
@@ -152,6 +152,8 @@ async def _run_tests(settings: Settings, topics: Topics, mqtt: MqttChannel, repl
             await _wait_carrier(result, channel, sent.provider_ref, wait_s)
         elif sent.ok and result.channel == "sms" and isinstance(channel, SmppSmsChannel):
             await _wait_receipt(result, msg.key, receipts, wait_s)
+        elif sent.ok and isinstance(channel, TwilioVoiceChannel) and sent.provider_ref:
+            await _wait_answer(result, channel, sent.provider_ref, wait_s)
 
     async with asyncio.TaskGroup() as tg:
         for result, channel, msg in sends:
@@ -204,6 +206,34 @@ async def _wait_carrier(result: Result, sms: TwilioSmsChannel, sid: str, wait_s:
         await asyncio.sleep(1.0)  # Twilio's status moves on its own time; polled, with a deadline
     result.delivered = status == "delivered" if status in ("delivered", "undelivered", "failed") else None
     result.detail = f"{sid}: {status}"
+
+
+CALL_ANSWERED = frozenset({"in-progress", "completed"})
+CALL_UNANSWERED = frozenset({"busy", "no-answer", "failed", "canceled"})
+
+
+async def _wait_answer(result: Result, voice: TwilioVoiceChannel, sid: str, wait_s: float) -> None:
+    """A test call counts as delivered once a person picks it up; a machine, busy or no answer is a NO with the
+    reason. The key the person presses reaches the running daemon's webhook, not this command."""
+    deadline = time.monotonic() + wait_s
+    status, answered_by = "unknown", ""
+    while time.monotonic() < deadline:
+        try:
+            status, answered_by = await voice.fetch_status(sid)
+        except Exception as exc:  # noqa: BLE001 - a report of what happened, not a reason to stop the others
+            result.detail = f"{sid}: status not readable: {exc}"
+            return
+        if status in CALL_ANSWERED | CALL_UNANSWERED:
+            break
+        await asyncio.sleep(1.0)  # a phone rings on its own time; polled, with a deadline
+    if status in CALL_ANSWERED:
+        result.delivered = not is_machine(answered_by)
+        result.detail = f"{sid}: answered by {answered_by or 'someone'}"
+    elif status in CALL_UNANSWERED:
+        result.delivered = False
+        result.detail = f"{sid}: {status}"
+    else:
+        result.detail = f"{sid}: not answered within {wait_s:g} s ({status})"
 
 
 def render_time(t: float) -> str:

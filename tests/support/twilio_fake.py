@@ -75,6 +75,7 @@ class TwilioFake(TwilioSink):
     def _routes(self, app: web.Application) -> None:
         super()._routes(app)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Calls.json", self._create_call)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Calls/{call}.json", self._fetch_call)
 
     async def wait_for(self, count: int, timeout: float = 5.0, to: str | None = None) -> list[Sms]:
         def got() -> list[Sms] | None:
@@ -117,10 +118,19 @@ class TwilioFake(TwilioSink):
         self.phone_calls.append(call)
         return web.json_response(self._call_json(call), status=201)
 
+    async def _fetch_call(self, request: web.Request) -> web.Response:
+        if not self._authorized(request) or request.match_info["sid"] != ACCOUNT_SID:
+            return _error(401, 20003, "Authenticate")
+        call = next((c for c in self.phone_calls if c.sid == request.match_info["call"]), None)
+        if call is None:
+            return _error(404, 20404, f"The requested resource {request.path} was not found")
+        return web.json_response(self._call_json(call))
+
     @staticmethod
     def _call_json(call: VoiceCall) -> dict[str, Any]:
         return {"sid": call.sid, "account_sid": ACCOUNT_SID, "to": call.to, "from": call.from_,
-                "status": call.status, "direction": "outbound-api", "api_version": "2010-04-01",
+                "status": call.status, "answered_by": call.answered_by or None,
+                "direction": "outbound-api", "api_version": "2010-04-01",
                 "uri": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{call.sid}.json"}
 
     # ---- the far end, played by the test ------------------------------------------------------------------
