@@ -46,10 +46,13 @@ class SendResult:
     detail: str = ""
     permanent: bool = False
     provider_ref: str | None = None
+    # The names a later receipt may use for this message, normalised by the channel; the relay keeps them with
+    # the delivery so a receipt that comes after a restart still finds it. () when receipts carry the key.
+    receipt_refs: tuple[str, ...] = ()
 
     @classmethod
-    def accepted(cls, provider_ref: str | None = None) -> SendResult:
-        return cls(ok=True, provider_ref=provider_ref)
+    def accepted(cls, provider_ref: str | None = None, receipt_refs: tuple[str, ...] = ()) -> SendResult:
+        return cls(ok=True, provider_ref=provider_ref, receipt_refs=receipt_refs)
 
     @classmethod
     def failed(cls, reason: FailureReason, detail: str, *, permanent: bool = False) -> SendResult:

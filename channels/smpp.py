@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,6 +101,20 @@ def id_readings(smsc_id: str) -> list[int]:
     return out
 
 
+def ref_keys(smsc_id: str) -> list[str]:
+    """The names under which a receipt may give this id, most exact first: the text itself, then each integer it
+    may stand for. A receipt's id is looked up by the same keys (`recall`)."""
+    text = smsc_id.strip()
+    keys = [f"t:{text.lower()}"]
+    keys += [k for k in (f"n:{n}" for n in id_readings(text)) if k not in keys]
+    return keys
+
+
+# What the relay remembers of ids sent before (a restart, another relay's bind): the keys of `ref_keys` -> the
+# message's key, or None.
+Recall = Callable[[list[str]], Awaitable[str | None]]
+
+
 class MemoryMessageIdMap:
     """In memory, bounded in entries and age (a receipt later than `max_age_s` is not matched). Lost on restart:
     the relay can swap in a persistent MessageIdMap."""
@@ -155,14 +169,17 @@ class SmppSmsChannel:
     name = "sms"
 
     def __init__(self, settings: SmppSettings, sink: ReplySink | None = None, *,
-                 ids: MessageIdMap | None = None, clock: Callable[[], float] | None = None) -> None:
+                 ids: MessageIdMap | None = None, clock: Callable[[], float] | None = None,
+                 recall: Recall | None = None) -> None:
         """`sink` gets receipts and replies (or set it later with `set_sink`); `clock`: the relay's (seconds since
-        the epoch), so health times agree with what it stores."""
+        the epoch), so health times agree with what it stores; `recall`: asked for a receipt's id this process
+        never sent (the relay keeps each send's `receipt_refs`)."""
         if not settings.hosts:
             raise ValueError("sms.smpp.hosts: at least one SMSC host is needed")
         self._cfg = settings
         self._sink = sink
         self.ids: MessageIdMap = ids or MemoryMessageIdMap()
+        self._recall = recall
         self.health = ChannelHealth(self.name, clock=clock or time.time)
         self.breaker = CircuitBreaker(self.health, clock=time.monotonic)
         self._bind: _Bind | None = None
@@ -296,7 +313,8 @@ class SmppSmsChannel:
             self.breaker.failed(_describe(exc))
             return SendResult.failed(FailureReason.UNEXPECTED, _describe(exc))
         self.breaker.succeeded()
-        return SendResult.accepted(provider_ref=",".join(ids))
+        return SendResult.accepted(provider_ref=",".join(ids),
+                                   receipt_refs=tuple(dict.fromkeys(k for i in ids for k in ref_keys(i))))
 
     async def _current_bind(self) -> _Bind:
         try:
@@ -365,6 +383,13 @@ class SmppSmsChannel:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.2):
                     await self._recorded.wait()
+        if key is None and self._recall is not None:
+            try:
+                async with asyncio.timeout(self._cfg.submit_timeout_s):
+                    key = await self._recall(ref_keys(smsc_id))
+            except Exception as exc:  # noqa: BLE001 - an unmatched receipt is logged by the caller; the bind stays
+                log.warning("receipt's message id not recalled", extra={"event": "smpp_recall_failed",
+                                                                        "smsc_id": smsc_id, "error": _describe(exc)})
         return key
 
     # ---- what the SMSC delivers -------------------------------------------------------------------------

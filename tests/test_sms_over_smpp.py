@@ -171,3 +171,39 @@ async def test_a_flood_of_hostile_replies_over_the_bind_acknowledges_nothing_and
 
     await eventually(acked, timeout=15, what="the real reply acknowledging after the flood")
     assert await relay.metric('relay_job_failures_total{kind="inbound",reason="unexpected"}') == 0
+
+
+async def test_a_receipt_that_comes_after_a_restart_still_marks_its_sms_delivered(
+    broker: Mosquitto, smtp: SmtpServer, smsc: Smsc, tmp_path: Path
+) -> None:
+    """The SMSC holds the receipt (a handset out of coverage) while the relay restarts, and gives the id in decimal
+    where its submit_sm_resp gave hex: the id kept with the delivery still finds it."""
+    smsc.receipts, smsc.receipt_id_style = "never", "dec"
+    cfg = smpp_config(broker, smtp, smsc, tmp_path / "data")
+    async with running_relay(cfg) as first:
+        status, accepted = await first.post_report(report("smpp-restart"))
+        assert status == 201
+        code = accepted["short_code"]
+        await eventually(lambda: _sent_to(smsc, DESK1_PHONE, code), timeout=10, what="the SMS at the SMSC")
+        sent = next(s for s in smsc.submits if s.dest == DESK1_PHONE and s.message_id)
+
+        async def recorded_sent() -> bool:
+            alert = await first.alert(accepted["alert_id"])
+            return any(d["target"] == DESK1_PHONE and d["state"] == "sent" for d in alert["deliveries"])
+
+        await eventually(recorded_sent, timeout=10, what="the SMS recorded as sent")
+    assert sent.message_id is not None
+    async with running_relay(cfg) as second:
+        await eventually(lambda: second.metric('relay_channel_up{channel="sms"}'), timeout=10,
+                         what="bound to the SMSC again")
+        await smsc.send_receipt(smsc.receipt_id(sent.message_id), dest=DESK1_PHONE)
+
+        async def delivered() -> bool:
+            alert = await second.alert(accepted["alert_id"])
+            return any(d["target"] == DESK1_PHONE and d["state"] == "delivered" for d in alert["deliveries"])
+
+        await eventually(delivered, timeout=10, what="the late receipt recorded")
+        # a receipt for an id nobody sent is logged and changes nothing; the bind stays up
+        await smsc.send_receipt("999999999", dest=DESK1_PHONE)
+        await eventually(lambda: smsc.deliver_resps.count(0) >= 2, timeout=10, what="both receipts answered")
+        assert await second.metric('relay_channel_up{channel="sms"}') == 1

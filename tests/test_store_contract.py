@@ -227,6 +227,34 @@ async def test_an_inbound_message_id_is_first_once_per_channel(store: Store) -> 
     assert await store.first_inbound("smpp", "SM1", now)  # ids of another channel are another space
 
 
+async def test_a_sent_message_is_found_again_by_any_ref_its_receipt_may_use(store: Store) -> None:
+    """An SMSC's message id is kept with the delivery that carried it, so a receipt read after a restart finds it;
+    a bundle is every delivery it carried; an id reused later names the newer send; nothing of it outlives the
+    retention."""
+    a = (await store.accept(new_alert("r-1"))).alert
+    b = (await store.accept(new_alert("r-2"))).alert
+    t = time.time()
+    bundle = (a.deliveries[0].delivery_id, b.deliveries[0].delivery_id)
+    for delivery_id in bundle:
+        await store.finish_attempt(delivery_id, AttemptOutcome.SENT, t, refs=("t:1a2b", "n:6699"), channel="sms")
+    assert await store.deliveries_by_ref("sms", ["t:6699", "n:26265", "n:6699"]) == sorted(bundle)
+    assert await store.deliveries_by_ref("sms", ["t:1a2b"]) == sorted(bundle)
+    assert await store.deliveries_by_ref("sms", ["t:ffff", "n:65535"]) == []
+    assert await store.deliveries_by_ref("email", ["t:1a2b"]) == []  # another channel's ids are another space
+    # a failed send names nothing a receipt could come for
+    await store.finish_attempt(a.deliveries[1].delivery_id, AttemptOutcome.RETRY, t, error="x", refs=("t:zz",),
+                               channel="sms")
+    assert await store.deliveries_by_ref("sms", ["t:zz"]) == []
+    # the SMSC's counter wrapped: the same id on a later send is that send's
+    await store.finish_attempt(a.deliveries[1].delivery_id, AttemptOutcome.SENT, t + 60, refs=("t:1a2b",),
+                               channel="sms")
+    assert await store.deliveries_by_ref("sms", ["t:1a2b"]) == [a.deliveries[1].delivery_id]
+    assert await store.deliveries_by_ref("sms", ["n:6699"]) == sorted(bundle)
+    while await store.prune(t + 3600, batch=1000):
+        pass
+    assert await store.deliveries_by_ref("sms", ["t:1a2b", "n:6699"]) == []
+
+
 async def test_failed_authentication_is_one_counted_row_per_source_and_hour_on_the_audit(store: Store) -> None:
     hour = 1_800_000_000 // 3600 * 3600.0
     tally = AuthFailureTally("link_refused", "/ack/{token}", "10.0.0.1", 40, hour + 10, hour + 20,

@@ -303,7 +303,8 @@ class Dispatcher:
         now = self._clock.now()
         m = self._metrics
         if result.ok:
-            await self._store.finish_attempt(d.delivery_id, AttemptOutcome.SENT, now)
+            await self._store.finish_attempt(d.delivery_id, AttemptOutcome.SENT, now, refs=result.receipt_refs,
+                                             channel=d.channel)
             latency = max(0.0, now - alert.created_at)
             if d.attempts <= 1:  # the first time this delivery got out: the latency the contract measures
                 m.child(m.delivery_seconds, d.channel).observe(latency)

@@ -44,7 +44,7 @@ from relay.engine.voice_calls import VoiceCalls
 from relay.operations.canary import Canary
 from relay.operations.retention import Retention
 from relay.operations.systemd import Notifier
-from relay.store.base import StoreUnavailable
+from relay.store.base import Store, StoreUnavailable
 from relay.store.open import RunningStore, open_store
 
 log = logging.getLogger("relay.daemon")
@@ -83,12 +83,19 @@ def smpp_settings(settings: Settings) -> SmppSettings:
     )
 
 
-def sms_channel(settings: Settings, now: Callable[[], float]) -> Channel | None:
-    """The SMS channel on its provider's transport: Twilio's REST API, or an SMSC over SMPP."""
+def sms_channel(settings: Settings, now: Callable[[], float], store: Store | None = None) -> Channel | None:
+    """The SMS channel on its provider's transport: Twilio's REST API, or an SMSC over SMPP. With `store`, an
+    SMSC's receipt for a message this process did not send (before a restart, over another relay's bind) is
+    matched by the refs recorded with its delivery."""
     if not settings.sms.enabled:
         return None
     if settings.sms.provider == "smpp":
-        return SmppSmsChannel(smpp_settings(settings), clock=now)
+        recall = None
+        if store is not None:
+            async def recall(refs: list[str]) -> str | None:
+                return ",".join(await store.deliveries_by_ref("sms", refs)) or None
+
+        return SmppSmsChannel(smpp_settings(settings), clock=now, recall=recall)
     return TwilioSmsChannel(twilio_settings(settings), now)
 
 
@@ -181,7 +188,7 @@ class Relay:
         desks = [Desk.from_config(d) for d in s.desks]
         now = self.clock.now
         mqtt = MqttChannel(mqtt_settings(s, topics), now)
-        sms = sms_channel(s, now)
+        sms = sms_channel(s, now, store)
         email = SmtpEmailChannel(smtp_settings(s), now) if s.email.enabled else None
         voice = TwilioVoiceChannel(voice_settings(s), now) if s.voice.enabled else None
         backups: list[Channel] = [c for c in (sms, email, voice) if c is not None]

@@ -54,15 +54,26 @@ class Store(Protocol):
         limit: int,
         operator_id: str | None = None,
         desk_id: str | None = None,
+        after_id: str | None = None,
+        before_id: str | None = None,
     ) -> list[AlertRecord]:
-        """Newest first by acceptance order."""
+        """Newest first by acceptance order (the alert ids' order); with `after_id`, oldest first from there, as a
+        reader paging forward needs (the CAP feed). Only ids strictly between `after_id` and `before_id`."""
         ...
 
     async def finish_attempt(
-        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None
+        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None,
+        refs: Sequence[str] = (), channel: str = "",
     ) -> DeliveryRecord | None:
         """Record how a send went; None when the delivery was cancelled or is unknown. A failed send makes its
-        open alert due now, in the same commit (the scheduler decides what follows)."""
+        open alert due now, in the same commit (the scheduler decides what follows). `refs`: the names under
+        which the channel's receipts may name the sent message (see `deliveries_by_ref`)."""
+        ...
+
+    async def deliveries_by_ref(self, channel: str, refs: Sequence[str]) -> list[str]:
+        """The deliveries a receipt names, by the refs recorded when they were sent (an SMSC's message id is only
+        in the relay's memory until a restart; its receipt may come hours later). The first ref that matches
+        wins; among the sends recorded under it, the latest one's deliveries (a bundle is several)."""
         ...
 
     async def start_attempt(self, delivery_id: str, at: float) -> DeliveryRecord | None:

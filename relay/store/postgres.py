@@ -78,6 +78,7 @@ from relay.store.rows import (
     acks_from_json,
     alert_row,
     delivery_row,
+    latest_send,
     tally_event,
 )
 
@@ -377,9 +378,15 @@ class PostgresStore:
         limit: int,
         operator_id: str | None = None,
         desk_id: str | None = None,
+        after_id: str | None = None,
+        before_id: str | None = None,
     ) -> list[AlertRecord]:
         where: list[str] = []
         args: list[object] = []
+        for bound, op in ((after_id, ">"), (before_id, "<")):
+            if bound is not None:
+                where.append(f"a.alert_id {op} %s")
+                args.append(bound)
         src = "alerts a"
         if desk_id is not None:
             src = "alert_desks d JOIN alerts a ON a.alert_id = d.alert_id"
@@ -395,7 +402,7 @@ class PostgresStore:
         sql = f"SELECT {cols} FROM {src}"  # noqa: S608 - only fixed fragments, values are bound
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY a.alert_id DESC LIMIT %s"
+        sql += f" ORDER BY a.alert_id {'DESC' if after_id is None else 'ASC'} LIMIT %s"
         args.append(limit)
 
         async def fetch(conn: Conn) -> tuple[list[Row], list[Row], list[Row]]:
@@ -564,10 +571,11 @@ class PostgresStore:
         return await self._write(lambda conn: _op_start_attempt(conn, delivery_id, at))
 
     async def finish_attempt(
-        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None
+        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None,
+        refs: Sequence[str] = (), channel: str = "",
     ) -> DeliveryRecord | None:
         return await self._write(
-            lambda conn: _op_finish_attempt(conn, delivery_id, outcome, at, error),
+            lambda conn: _op_finish_attempt(conn, delivery_id, outcome, at, error, tuple(refs), channel),
             durable=outcome is not AttemptOutcome.SENT,
         )
 
@@ -601,6 +609,18 @@ class PostgresStore:
             "(SELECT alert_id FROM deliveries WHERE state = 'sending') ORDER BY alert_id LIMIT %(limit)s",
             now, limit,
         )
+
+    async def deliveries_by_ref(self, channel: str, refs: Sequence[str]) -> list[str]:
+        async def fetch(conn: Conn) -> list[str]:
+            rows = await _all(conn, "SELECT ref, delivery_id, at FROM receipt_refs "
+                                    "WHERE channel = %s AND ref = ANY(%s)", (channel, list(refs)))
+            for ref in refs:
+                mine = [(r[1], r[2]) for r in rows if r[0] == ref]
+                if mine:
+                    return latest_send(mine)
+            return []
+
+        return await self._read(fetch)
 
     async def find_by_code(self, code: str, now: float) -> AlertRecord | None:
         async def fetch(conn: Conn) -> AlertRecord | None:
@@ -881,7 +901,8 @@ async def _op_start_attempt(conn: Conn, delivery_id: str, at: float) -> Delivery
 
 
 async def _op_finish_attempt(
-    conn: Conn, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None
+    conn: Conn, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None,
+    refs: tuple[str, ...] = (), channel: str = "",
 ) -> DeliveryRecord | None:
     found = await _lock_alert_of(conn, delivery_id)
     if found is None:
@@ -889,6 +910,12 @@ async def _op_finish_attempt(
     changed = transitions.attempt_finished(*found, outcome, at, error)
     if changed is None:
         return None
+    if refs and outcome is AttemptOutcome.SENT:
+        await conn.execute(
+            "INSERT INTO receipt_refs (channel, ref, delivery_id, at) SELECT %s, unnest(%s::text[]), %s, %s "
+            "ON CONFLICT (channel, ref, delivery_id) DO UPDATE SET at = excluded.at",
+            (channel, list(refs), delivery_id, at),
+        )
     if transitions.replan_now(changed):  # in the same commit: a crash cannot lose the failover
         await conn.execute(
             f"UPDATE alerts SET next_action_at = %s WHERE alert_id = %s AND state IN {OPEN_SQL} "  # noqa: S608
@@ -1175,6 +1202,8 @@ async def _op_prune(conn: Conn, before: float, batch: int) -> int:
         "(SELECT kind, endpoint, source, bucket FROM auth_failures WHERE last_at < %s LIMIT %s)",
         "DELETE FROM inbound_messages WHERE (channel, message_id) IN "
         "(SELECT channel, message_id FROM inbound_messages WHERE at < %s LIMIT %s)",
+        "DELETE FROM receipt_refs WHERE (channel, ref, delivery_id) IN "
+        "(SELECT channel, ref, delivery_id FROM receipt_refs WHERE at < %s LIMIT %s)",
         # oldest first along the key (the old rows are its first ones): no index on `at` to write at every change
         "DELETE FROM alert_changes WHERE seq IN (SELECT seq FROM alert_changes WHERE at < %s ORDER BY seq LIMIT %s)",
         # a relay gone that long: its claims were taken over long ago (a claim by an id with no row is claimable)

@@ -195,6 +195,20 @@ MIGRATIONS: list[list[str]] = [
         EXECUTE FUNCTION relay_alert_changed()
         """,
     ],
+    # 3: what a channel's receipts will call a sent message (an SMSC's message id, in each reading of it), so a
+    # receipt that comes after a restart, or over another relay's bind, still finds its delivery
+    [
+        """
+        CREATE TABLE receipt_refs (
+            channel      text NOT NULL,
+            ref          text NOT NULL,
+            delivery_id  text NOT NULL,
+            at           double precision NOT NULL,
+            PRIMARY KEY (channel, ref, delivery_id)
+        )
+        """,
+        "CREATE INDEX receipt_refs_at ON receipt_refs (at)",
+    ],
 ]
 
 # The key of the transaction-scoped advisory lock that serialises relays migrating at the same moment.

@@ -68,3 +68,10 @@ def alert_row(row: Sequence[Any], deliveries: tuple[DeliveryRecord, ...], ack: A
 def ack_row(row: Sequence[Any]) -> AckRecord:
     return AckRecord(alert_id=row[0], desk_id=row[1], channel=row[2], by=row[3], at=row[4], latency_s=row[5],
                      source=row[6], via_track=bool(row[7]))
+
+
+def latest_send(rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Of (delivery_id, at) rows recorded under one receipt ref, the deliveries of the latest send: an SMS
+    bundle is several deliveries sent at one moment; an SMSC that reuses an id days later names the newer one."""
+    newest = max(float(r[1]) for r in rows)
+    return sorted(str(r[0]) for r in rows if float(r[1]) == newest)

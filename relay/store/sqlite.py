@@ -62,6 +62,7 @@ from relay.store.rows import (
     acks_from_json,
     alert_row,
     delivery_row,
+    latest_send,
     tally_event,
 )
 from relay.store.sqlite_schema import migrate
@@ -361,9 +362,15 @@ class SQLiteStore:
         limit: int,
         operator_id: str | None = None,
         desk_id: str | None = None,
+        after_id: str | None = None,
+        before_id: str | None = None,
     ) -> list[AlertRecord]:
         where: list[str] = []
         args: list[object] = []
+        for bound, op in ((after_id, ">"), (before_id, "<")):
+            if bound is not None:
+                where.append(f"a.alert_id {op} ?")
+                args.append(bound)
         src = "alerts a"
         if desk_id is not None:
             src = "alert_desks d JOIN alerts a ON a.alert_id = d.alert_id"
@@ -379,7 +386,7 @@ class SQLiteStore:
         sql = f"SELECT {cols} FROM {src}"  # noqa: S608 - only fixed fragments, values are bound
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY a.alert_id DESC LIMIT ?"
+        sql += f" ORDER BY a.alert_id {'DESC' if after_id is None else 'ASC'} LIMIT ?"
         args.append(limit)
         return await self._read_off(lambda conn: _hydrate(conn, conn.execute(sql, args).fetchall()))
 
@@ -454,10 +461,12 @@ class SQLiteStore:
         return await self._write(functools.partial(_op_start_attempt, delivery_id=delivery_id, at=at))
 
     async def finish_attempt(
-        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None
+        self, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None = None,
+        refs: Sequence[str] = (), channel: str = "",
     ) -> DeliveryRecord | None:
         return await self._write(
-            functools.partial(_op_finish_attempt, delivery_id=delivery_id, outcome=outcome, at=at, error=error),
+            functools.partial(_op_finish_attempt, delivery_id=delivery_id, outcome=outcome, at=at, error=error,
+                              refs=tuple(refs), channel=channel),
             durable=outcome is not AttemptOutcome.SENT,
         )
 
@@ -502,6 +511,16 @@ class SQLiteStore:
         return _hydrate(conn, rows)
 
     @_read_errors
+    async def deliveries_by_ref(self, channel: str, refs: Sequence[str]) -> list[str]:
+        conn = self._read()
+        for ref in refs:
+            rows = conn.execute(
+                "SELECT delivery_id, at FROM receipt_refs WHERE channel = ? AND ref = ?", (channel, ref)
+            ).fetchall()
+            if rows:
+                return latest_send(rows)
+        return []
+
     async def find_by_code(self, code: str, now: float) -> AlertRecord | None:
         conn = self._read()
         row = conn.execute(
@@ -708,7 +727,8 @@ def _op_start_attempt(conn: sqlite3.Connection, delivery_id: str, at: float) -> 
 
 
 def _op_finish_attempt(
-    conn: sqlite3.Connection, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None
+    conn: sqlite3.Connection, delivery_id: str, outcome: AttemptOutcome, at: float, error: str | None,
+    refs: tuple[str, ...] = (), channel: str = "",
 ) -> DeliveryRecord | None:
     found = _delivery_and_alert_state(conn, delivery_id)
     if found is None:
@@ -716,6 +736,9 @@ def _op_finish_attempt(
     changed = transitions.attempt_finished(*found, outcome, at, error)
     if changed is None:
         return None
+    if refs and outcome is AttemptOutcome.SENT:
+        conn.executemany("INSERT OR REPLACE INTO receipt_refs (channel, ref, delivery_id, at) VALUES (?, ?, ?, ?)",
+                         [(channel, ref, delivery_id, at) for ref in refs])
     if transitions.replan_now(changed):  # in the same commit: a crash cannot lose the failover
         conn.execute(
             f"UPDATE alerts SET next_action_at = ? WHERE alert_id = ? AND state IN {_OPEN_SQL} "  # noqa: S608
@@ -949,6 +972,8 @@ def _op_prune(conn: sqlite3.Connection, before: float, batch: int) -> int:
         "(SELECT kind, endpoint, source, bucket FROM auth_failures WHERE last_at < ? LIMIT ?)",
         "DELETE FROM inbound_messages WHERE (channel, message_id) IN "
         "(SELECT channel, message_id FROM inbound_messages WHERE at < ? LIMIT ?)",
+        "DELETE FROM receipt_refs WHERE (channel, ref, delivery_id) IN "
+        "(SELECT channel, ref, delivery_id FROM receipt_refs WHERE at < ? LIMIT ?)",
     ))
 
 

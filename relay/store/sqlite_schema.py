@@ -146,6 +146,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tracks_last_seen ON tracks (last_seen);
     CREATE INDEX tracks_updated ON tracks (updated_at);
     """,
+    # 7: what a channel's receipts will call a sent message (an SMSC's message id, in each reading of it), so a
+    # receipt that comes after a restart still finds its delivery
+    """
+    CREATE TABLE receipt_refs (
+        channel      TEXT NOT NULL,
+        ref          TEXT NOT NULL,
+        delivery_id  TEXT NOT NULL,
+        at           REAL NOT NULL,
+        PRIMARY KEY (channel, ref, delivery_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX receipt_refs_at ON receipt_refs (at);
+    """,
 ]
 
 
