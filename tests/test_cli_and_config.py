@@ -185,6 +185,22 @@ def test_ids_with_a_dot_are_warned_about_for_a_broker_that_speaks_3_1_1() -> Non
     assert warned("5", []) == []  # Mosquitto takes dots in topic levels
 
 
+def test_an_enquire_link_more_often_than_the_smpp_library_sends_it_is_warned_about() -> None:
+    from relay.domain.config import Settings
+    from relay.operations.config_warnings import config_warnings
+
+    def warned(every_s: float) -> list[str]:
+        smpp = {"enquire_link_s": every_s, "system_id": "relay", "password": "secret"}
+        s = Settings(sms={"enabled": True, "provider": "smpp", "smpp": smpp},
+                     desks=[{"id": "airfield-1", "token": "desk-token-0123456789", "sms": ["+79001234567"]}],
+                     operators=[{"id": "op-1", "token": "operator-token-0123456"}])
+        return [w for w in config_warnings(s) if w.startswith("sms.smpp.enquire_link_s")]
+
+    (said,) = warned(10)
+    assert "every 30 s whatever this says" in said
+    assert warned(30) == warned(60) == []
+
+
 def test_a_relay_on_a_shared_database_is_warned_about_what_several_relays_need() -> None:
     from relay.domain.config import Settings
     from relay.operations.config_warnings import config_warnings

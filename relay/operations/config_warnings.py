@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from relay.domain.config import Settings
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SMPP34_ENQUIRE_LINK_S = 30.0  # smpp34's own timer: its client offers no way to set it or to send enquire_link
 
 
 def config_warnings(s: Settings) -> list[str]:
@@ -35,6 +36,10 @@ def config_warnings(s: Settings) -> list[str]:
     if s.sms.enabled and s.sms.provider == "twilio" and urlsplit(s.http.public_url).hostname in _LOOPBACK:
         found.append("http.public_url: a loopback address: the SMS provider cannot reach it, so SMS receipts and "
                      "SMS replies (acks) will never arrive")
+    if s.sms.enabled and s.sms.provider == "smpp" and s.sms.smpp.enquire_link_s < SMPP34_ENQUIRE_LINK_S:
+        found.append(f"sms.smpp.enquire_link_s: {s.sms.smpp.enquire_link_s:g} s, but the SMPP library sends "
+                     f"enquire_link every {SMPP34_ENQUIRE_LINK_S:g} s whatever this says: an SMSC that drops a bind "
+                     "idle for less will drop this one; the value only sets how often the relay checks the bind")
     if s.voice.enabled and urlsplit(s.http.public_url).hostname in _LOOPBACK:
         found.append("http.public_url: a loopback address: Twilio cannot reach it, so a key pressed on a call (the "
                      "ack) and the calls' status never arrive")
