@@ -91,19 +91,80 @@ def parse_stream(buffer: bytearray) -> list[bytes]:
 
 
 @dataclass(eq=False)
-class CotListener:
+class CotEvents:
+    """Events as they come, parsed; a test waits for the one it expects."""
+
+    events: list[CotEvent] = field(default_factory=list)
+    unparsable: list[bytes] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _take(self, raw: bytes, conn: int) -> None:
+        try:
+            root = fromstring(raw)
+        except Exception:
+            self.unparsable.append(raw)  # kept for the test to see: our events must all parse
+        else:
+            self.events.append(CotEvent(raw, root, conn))
+        self._changed.set()
+
+    async def wait_for(self, match: Callable[[CotEvent], bool], *, after: int = 0, timeout: float = 5.0,
+                       what: str = "event") -> CotEvent:
+        """The first event from index `after` on that matches; fails after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._changed.clear()
+            for e in self.events[after:]:
+                if match(e):
+                    return e
+            left = deadline - time.monotonic()
+            if left <= 0:
+                seen = [(e.uid, e.type, e.remarks()[:60]) for e in self.events[after:]][-10:]
+                raise AssertionError(f"{what} not seen within {timeout} s; last events: {seen}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+
+    def latest(self, uid: str) -> CotEvent | None:
+        return next((e for e in reversed(self.events) if e.uid == uid), None)
+
+    async def _read_stream(self, reader: asyncio.StreamReader, conn: int) -> None:
+        buffer = bytearray()
+        while chunk := await reader.read(65_536):
+            buffer += chunk
+            for raw in parse_stream(buffer):
+                self._take(raw, conn)
+
+
+@dataclass(eq=False)
+class CotSubscriber(CotEvents):
+    """A TAK client on the far side of a CoT router: connects to it and collects what it is sent."""
+
+    _task: asyncio.Task[None] | None = None
+    _writer: asyncio.StreamWriter | None = None
+
+    async def connect(self, host: str, port: int) -> None:
+        reader, self._writer = await asyncio.open_connection(host, port)
+        self._task = asyncio.create_task(self._read_stream(reader, 1))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+
+@dataclass(eq=False)
+class CotListener(CotEvents):
     scheme: Literal["tcp", "tls", "udp"] = "tcp"
     tls: TlsFiles | None = None
     port: int = field(default_factory=free_port)
     reply: bytes = b""  # sent back on every connection as soon as it is made (garbage, for the hostile tests)
     reading: bool = True  # False: accept, then read nothing (the TCP window fills)
-    events: list[CotEvent] = field(default_factory=list)
-    unparsable: list[bytes] = field(default_factory=list)
     connections: int = 0
     _server: asyncio.Server | None = None
     _udp: asyncio.DatagramTransport | None = None
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _resume: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -170,35 +231,6 @@ class CotListener:
                 for raw in parse_stream(buffer):
                     self._take(raw, conn)
         writer.transport.abort()
-
-    def _take(self, raw: bytes, conn: int) -> None:
-        try:
-            root = fromstring(raw)
-        except Exception:
-            self.unparsable.append(raw)
-        else:
-            self.events.append(CotEvent(raw, root, conn))
-        self._changed.set()
-
-    async def wait_for(self, match: Callable[[CotEvent], bool], *, after: int = 0, timeout: float = 5.0,
-                       what: str = "event") -> CotEvent:
-        """The first event from index `after` on that matches; fails after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._changed.clear()
-            for e in self.events[after:]:
-                if match(e):
-                    return e
-            left = deadline - time.monotonic()
-            if left <= 0:
-                seen = [(e.uid, e.type, e.remarks()[:60]) for e in self.events[after:]][-10:]
-                raise AssertionError(f"{what} not seen within {timeout} s; last events: {seen}")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self._changed.wait()
-
-    def latest(self, uid: str) -> CotEvent | None:
-        return next((e for e in reversed(self.events) if e.uid == uid), None)
 
 
 class _Datagrams(asyncio.DatagramProtocol):
