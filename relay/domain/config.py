@@ -31,6 +31,7 @@ from pydantic_settings import (
 from relay.domain.contacts import Email, check_email, check_phone
 from relay.domain.gazetteer import Gazetteer
 from relay.domain.render import check_template
+from relay.domain.text import has_controls
 
 # Ids become MQTT topic levels and URL parts: no '/', '+', '#', spaces.
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -381,6 +382,38 @@ class TracksSection(Section):
     position_error_km: float = Field(2.0, ge=0, le=100)
 
 
+# A CAP `sender` "SHALL NOT include spaces, commas or restricted characters (< and &)" (CAP 1.2, 3.2.1).
+CAP_SENDER = r"[^\s,<&]{1,200}"
+
+
+class CapSection(Section):
+    """CAP 1.2 documents of the alerts (CONTRACT.md, "Interoperability"; relay/domain/cap.py)."""
+
+    # Who the documents say they are from: one value for every relay sharing a database (the pair sender,
+    # identifier names a document for ever), best a name under the site's own domain.
+    sender: str = "uav-relay@localhost"
+    # <senderName>: what a person reading the document sees as its author
+    sender_name: str = Field("uav-relay, служба 112", min_length=1, max_length=200)
+    # GET /api/v1/cap lists alerts accepted at least this long ago: one committed later with an earlier id (a
+    # report still being placed on its track, another relay's clock a little behind) is never skipped by a
+    # consumer that follows the feed's next link.
+    feed_delay_s: float = Field(2.0, ge=0, le=60)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        if not re.fullmatch(CAP_SENDER, v):
+            raise ValueError("1 to 200 characters without spaces, commas, '<' or '&' (e.g. uav-relay@airfield.example)")
+        return v
+
+    @field_validator("sender_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if has_controls(v):
+            raise ValueError("contains control characters")
+        return v
+
+
 TILE_URL = r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~/{}%-]*(\?[A-Za-z0-9._~/{}%=&-]*)?"
 
 
@@ -511,6 +544,7 @@ class Settings(BaseSettings):
     escalation: EscalationSection = EscalationSection()
     tracks: TracksSection = TracksSection()
     consoles: ConsolesSection = ConsolesSection()
+    cap: CapSection = CapSection()
     templates: TemplatesSection = TemplatesSection()
     canary: CanarySection = CanarySection()
     operators: list[OperatorConfig] = Field(default_factory=list)

@@ -290,6 +290,7 @@ class Relay:
                 },
                 replies=replies,
                 consoles=s.consoles,
+                cap=s.cap,
                 places=s.consoles.places(),
             ),
             h.host,

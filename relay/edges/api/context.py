@@ -10,7 +10,7 @@ from aiohttp import web
 
 from channels.base import ChannelHealth, Receiver, ReplySink
 from relay.domain.clock import Clock
-from relay.domain.config import ConsolesSection
+from relay.domain.config import CapSection, ConsolesSection
 from relay.domain.gazetteer import Gazetteer
 from relay.domain.render import Renderer
 from relay.edges.auth import Authenticator
@@ -40,6 +40,7 @@ class ApiContext:
     receivers: Mapping[str, Receiver] = field(default_factory=dict)  # by provider, as in /webhooks/{provider}/...
     replies: ReplySink | None = None
     consoles: ConsolesSection = field(default_factory=ConsolesSection)
+    cap: CapSection = field(default_factory=CapSection)
     places: Gazetteer = field(default_factory=lambda: Gazetteer(()))
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 

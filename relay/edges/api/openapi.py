@@ -121,6 +121,27 @@ def build_openapi(public_url: str) -> dict[str, Any]:
                 "security": secured, "parameters": [alert_id],
                 "responses": {"200": {"description": "events"}, **_errors(401, 403, 404)},
             }},
+            "/api/v1/alerts/{alert_id}/cap": {"get": {
+                "summary": "The alert as an OASIS CAP 1.2 document, valid against the CAP 1.2 schema (same readers as "
+                           "the alert)", "security": secured, "parameters": [alert_id],
+                "responses": {"200": {"description": "the CAP <alert>", "content": {"application/cap+xml": {
+                    "schema": {"type": "string"}}}}, **_errors(401, 403, 404)},
+            }},
+            "/api/v1/cap": {"get": {
+                "summary": "Atom feed of the alerts this token may read as CAP 1.2 documents, oldest first, each "
+                           "inline and linked; poll its `next` link to see each alert once", "security": secured,
+                "parameters": [
+                    {"name": "since", "in": "query", "description": "RFC 3339 with an offset: alerts accepted at "
+                     "or after it (default: the last 24 hours)", "schema": {"type": "string", "maxLength": 40}},
+                    {"name": "after", "in": "query", "description": "an alert id: alerts accepted after it (what "
+                     "the next link carries)", "schema": {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$"}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                ],
+                "responses": {"200": {"description": "Atom feed (RFC 4287) with RFC 5005 next link",
+                                      "content": {"application/atom+xml": {"schema": {"type": "string"}}}},
+                              **_errors(401, 422)},
+            }},
             "/api/v1/audit": {"get": {
                 "summary": "Audit trail (engineer): acks with their source, refused acks, webhooks and links",
                 "security": secured,

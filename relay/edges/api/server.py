@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from relay.edges.api import ack_page, alerts, consoles, ops, places, reports, stream, tracks, webhooks
+from relay.edges.api import ack_page, alerts, cap, consoles, ops, places, reports, stream, tracks, webhooks
 from relay.edges.api.connections import ConnectionGuard, accept_backlog, connection_limit, track_requests
 from relay.edges.api.context import CONTEXT, ApiContext
 from relay.edges.api.errors import error_middleware
@@ -48,6 +48,8 @@ def build_app(ctx: ApiContext, guard: AuthGuard, limits: HttpLimits) -> web.Appl
         web.get("/api/v1/alerts/{alert_id}", alerts.get_alert),
         web.post("/api/v1/alerts/{alert_id}/ack", alerts.ack_alert),
         web.get("/api/v1/alerts/{alert_id}/history", alerts.alert_history),
+        web.get("/api/v1/alerts/{alert_id}/cap", cap.get_cap),
+        web.get("/api/v1/cap", cap.cap_feed),
         web.get("/api/v1/audit", alerts.audit),
         web.post("/api/v1/alerts/{alert_id}/received", alerts.received),
         web.get("/api/v1/places", places.places),
