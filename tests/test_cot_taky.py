@@ -41,7 +41,7 @@ def taky(tmp_path: Path) -> Iterator[int]:
     conf.write_text(f"[taky]\nhostname = localhost\nnode_id = UAVRELAYTEST\nbind_ip = 127.0.0.1\nroot_dir = {root}\n"
                     f"[cot_server]\nport = {port}\n[dp_server]\nupload_path = {root}/dp\n[ssl]\nenabled = false\n")
     log = (root / "taky.log").open("wb")
-    proc = subprocess.Popen([python, "-m", "taky.cot", "-c", str(conf)], cwd=root, stdout=log,  # noqa: S603
+    proc = subprocess.Popen([python, "-m", "taky.cot", "-c", str(conf)], cwd=root, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
         wait_port("127.0.0.1", port, timeout=15)

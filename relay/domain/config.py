@@ -373,6 +373,56 @@ class EscalationSection(Section):
         return self
 
 
+class CotSection(Section):
+    """`[cot]`: every track on a TAK map, as Cursor-on-Target events to one listener (CONTRACT.md,
+    "Interoperability"; channels/cot.py, relay/engine/cot_feed.py). Off by default."""
+
+    enabled: bool = False
+    url: str = "tcp://127.0.0.1:8087"  # tcp://, tls:// (with cert_file and key_file) or udp://host:port
+    cert_file: Path | None = None  # tls: the client certificate the TAK server knows the relay by
+    key_file: Path | None = None
+    ca_file: Path | None = None  # tls: the CA of the server's certificate; none: the system's CAs
+    # An event stays fresh until its track would close (tracks.join_window_s after its latest report), and at
+    # least this long after it was sent: an open track is sent again before then, so it never greys out.
+    stale_margin_s: float = Field(120, ge=10, le=3600)
+    callsign_prefix: str = Field("БПЛА", min_length=1, max_length=20)  # the marker's label: prefix + short code
+    write_timeout_s: float = Field(5, gt=0, le=60)  # a listener that takes nothing this long is reconnected
+    reconnect_max_s: float = Field(5, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from channels.cot import parse_url
+
+        parse_url(v)
+        return v
+
+    @field_validator("callsign_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if has_controls(v):
+            raise ValueError("contains control characters")
+        return v
+
+    @model_validator(mode="after")
+    def _files(self) -> Self:
+        tls = self.url.startswith("tls://")
+        files = {"cert_file": self.cert_file, "key_file": self.key_file, "ca_file": self.ca_file}
+        given = [k for k, f in files.items() if f is not None]
+        if given and not tls:
+            raise ValueError(f"{', '.join(given)}: only for a tls:// url")
+        if not self.enabled:
+            return self
+        if tls and (self.cert_file is None or self.key_file is None):
+            raise ValueError("a tls:// url needs cert_file and key_file (the client certificate for the TAK server)")
+        for key in given:
+            path = files[key]
+            assert path is not None
+            if not path.is_file():
+                raise ValueError(f"{key}: no such file {path}")
+        return self
+
+
 class TracksSection(Section):
     """Reports of one object become one track (CONTRACT.md, "Tracks"). Off by default: v1's one alarm per report."""
 
@@ -543,6 +593,7 @@ class Settings(BaseSettings):
     email: EmailSection = EmailSection()
     escalation: EscalationSection = EscalationSection()
     tracks: TracksSection = TracksSection()
+    cot: CotSection = CotSection()
     consoles: ConsolesSection = ConsolesSection()
     cap: CapSection = CapSection()
     templates: TemplatesSection = TemplatesSection()

@@ -65,9 +65,23 @@ def config_warnings(s: Settings) -> list[str]:
     if s.mqtt.share_group and (s.mqtt.hosts or s.mqtt.protocol == "3.1.1"):
         found.append("mqtt.share_group: set for a broker that speaks MQTT 3.1.1 or is a cluster: NATS's MQTT has no "
                      "shared subscriptions, so reports and acks may never reach this relay; leave it empty there")
+    found += _cot_warnings(s)
     if backups:
         for n, desk in enumerate(s.desks):
             if not ((s.sms.enabled and desk.sms) or (s.email.enabled and desk.email)):
                 found.append(f"desks[{n}]: no {' or '.join(backups)} target: while MQTT is down this desk "
                              "gets nothing")
+    return found
+
+
+def _cot_warnings(s: Settings) -> list[str]:
+    if not s.cot.enabled:
+        return []
+    found = []
+    if not s.tracks.enabled:
+        found.append("cot.enabled with tracks.enabled false: every report is a marker of its own on the TAK map")
+    host = urlsplit(s.cot.url).hostname
+    if not s.cot.url.startswith("tls://") and host not in _LOOPBACK:
+        found.append(f"cot.url: {s.cot.url.split('://')[0]}:// to {host}: the drones' positions cross the network "
+                     "unencrypted and unauthenticated; a TAK server's tls:// port takes a client certificate")
     return found

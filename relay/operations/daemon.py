@@ -9,6 +9,7 @@ from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from channels.base import Channel
+from channels.cot import CotChannel, CotSettings
 from channels.email import SmtpEmailChannel, SmtpSettings
 from channels.mqtt import MqttChannel, MqttSettings
 from channels.smpp import SmppSettings, SmppSmsChannel
@@ -16,6 +17,7 @@ from channels.sms import TwilioReceiver, TwilioSettings, TwilioSmsChannel
 from channels.voice import TwilioVoiceChannel, VoiceReceiver, VoiceSettings
 from relay.domain.clock import Clock, SystemClock
 from relay.domain.config import Settings
+from relay.domain.cot import CotStyle
 from relay.domain.escalation import Policy
 from relay.domain.render import Renderer
 from relay.domain.routing import Desk
@@ -30,6 +32,7 @@ from relay.edges.mqtt_intake import MqttReportIntake
 from relay.edges.ratelimit import RateLimiter
 from relay.engine.ack_links import AckLinkSigner, load_or_create_key
 from relay.engine.change_feed import ChangeFeed
+from relay.engine.cot_feed import CotFeed
 from relay.engine.dispatch import Dispatcher
 from relay.engine.engine import Engine
 from relay.engine.events import EventBus
@@ -151,6 +154,23 @@ def mqtt_settings(settings: Settings, topics: Topics) -> MqttSettings:
         hosts=tuple(m.nodes()),
         share_group=m.share_group,
     )
+
+
+def cot_settings(settings: Settings) -> CotSettings:
+    c = settings.cot
+    return CotSettings(
+        url=c.url,
+        cert_file=str(c.cert_file) if c.cert_file else None,
+        key_file=str(c.key_file) if c.key_file else None,
+        ca_file=str(c.ca_file) if c.ca_file else None,
+        write_timeout_s=c.write_timeout_s,
+        reconnect_max_s=c.reconnect_max_s,
+    )
+
+
+def cot_style(settings: Settings) -> CotStyle:
+    return CotStyle(join_window_s=settings.tracks.join_window_s, stale_margin_s=settings.cot.stale_margin_s,
+                    callsign_prefix=settings.cot.callsign_prefix)
 
 
 def plugs(
@@ -344,6 +364,13 @@ class Relay:
             dispatch_task = tg.create_task(dispatcher.run(), name="dispatch")
             events = MqttEventPublisher(bus, mqtt, topics, self.metrics)
             events_task = tg.create_task(jobs.supervise("events", events.run), name="events")
+            cot_tasks = []
+            if s.cot.enabled:  # every track on a TAK map; its channel and feed fail and restart on their own
+                cot = CotChannel(cot_settings(s), now)
+                feed_cot = CotFeed(store=store, bus=bus, channel=cot, clock=self.clock, style=cot_style(s),
+                                   public_url=s.http.public_url, metrics=self.metrics, jobs=jobs)
+                cot_tasks = [tg.create_task(jobs.supervise("cot", cot.run), name="cot"),
+                             tg.create_task(jobs.supervise("cot_feed", feed_cot.run), name="cot_feed")]
             await http.start()
             self.http_port = http.port
             self.ready.set()
@@ -364,7 +391,7 @@ class Relay:
                 task.cancel()
                 await asyncio.wait([task])
             # the store last: what the others still write is committed
-            for task in (engine_task, dispatch_task, events_task, *backup_tasks, mqtt_task, store_task):
+            for task in (*cot_tasks, engine_task, dispatch_task, events_task, *backup_tasks, mqtt_task, store_task):
                 task.cancel()
                 await asyncio.wait([task])
         log.info("relay stopped", extra={"event": "relay_stopped"})

@@ -28,6 +28,7 @@ class CotEvent:
     raw: bytes
     root: Element
     connection: int  # which connection (or 0 for UDP) it came on
+    at: float = field(default_factory=time.perf_counter)  # when it was parsed here (the bench's clock)
 
     @property
     def uid(self) -> str:
