@@ -145,3 +145,28 @@ async def test_cot_down_does_not_hold_reports_and_the_map_catches_up(broker: Mos
                 await listener.wait_for(of(t), timeout=5, what=f"track {t} once the listener is up")
         finally:
             await listener.stop()
+
+
+async def test_a_track_that_cannot_be_rendered_fails_alone_and_the_next_change_goes_out(
+    broker: Mosquitto, tmp_path: Path, listener: CotListener, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relay.domain import cot
+
+    real = cot.track_event
+    broken = {"n": 0}
+
+    def once_broken(track: cot.CotTrack, now: float, style: cot.CotStyle) -> bytes:
+        if broken["n"] == 0:
+            broken["n"] += 1
+            raise ValueError("a bug in the renderer")
+        return real(track, now, style)
+
+    monkeypatch.setattr(cot, "track_event", once_broken)
+    async with running_relay(config(broker, tmp_path / "data", listener)) as relay:
+        await filed(relay, call("r-1", ago_s=30, km_east=-40))
+        await eventually(lambda: relay.metric('relay_job_failures_total{kind="task"}'),
+                         what="the job's failure counted")
+        a = await filed(relay, call("r-2", ago_s=20, km_east=-39))
+        await listener.wait_for(of(a, reports=2), what="the next change on the map")
+        status, _ = await relay.get("/healthz")
+        assert status == 200

@@ -112,7 +112,8 @@ class CotFeed:
     async def _update(self, track_id: str) -> None:
         record = await self._store.get_track(track_id)
         now = self._clock.now()
-        if record is None:
+        if record is None:  # gone from the store (retention): nothing to show, nothing to look at again
+            self._due.pop(track_id, None)
             return
         if record.merged_into is not None:
             if self._due.pop(track_id, None) is not None:  # on the map: take it off (once)
@@ -122,16 +123,16 @@ class CotFeed:
             return
         state = track_state([a.state for a in record.alerts], bool(record.acks), record.estimate.last_seen, now,
                             self._style.join_window_s)
-        if state == "closed" and track_id not in self._due:
-            return  # never shown, or its last event went already
-        view = await self._view(record, state)
-        self._send(track_id, cot.track_event(view, now, self._style), final=state == "closed")
         if state == "closed":
+            if track_id in self._due:  # on the map: a last event, stale at once (never shown: nothing to send)
+                self._send(track_id, cot.track_event(await self._view(record, state), now, self._style), final=True)
             self._due.pop(track_id, None)
             self._types.pop(track_id, None)
             for a in record.alerts:
                 self._track_of.pop(a.alert_id, None)
         else:
+            view = await self._view(record, state)
+            self._send(track_id, cot.track_event(view, now, self._style), final=False)
             self._types[track_id] = record.estimate.uav_type
             stale = cot.stale_at(view, now, self._style)
             closes = record.estimate.last_seen + self._style.join_window_s
