@@ -231,11 +231,10 @@ class CotChannel:
                 if writer is not None:
                     async with asyncio.timeout(self.settings.write_timeout_s):
                         await writer.drain()
+            # (what this batch held stays in _latest, finals too: the next connection is sent all of it)
             except TimeoutError:
-                self._pending = dict.fromkeys([uid for uid, _ in batch] + list(self._pending))
                 raise _Lost(f"{self.address} took nothing for {self.settings.write_timeout_s} s (stalled)") from None
             except OSError as exc:  # ConnectionResetError and the like
-                self._pending = dict.fromkeys([uid for uid, _ in batch] + list(self._pending))
                 raise _Lost(f"{self.address}: {_describe(exc)}") from None
             now = time.monotonic()
             for uid, entry in batch:
