@@ -131,7 +131,10 @@ class ChannelHealth:
         return self.state is not HealthState.DOWN
 
     def set(self, state: HealthState, detail: str = "") -> None:
+        """A new state is told to the listeners; the same state again only takes the newer reason (a channel
+        that keeps failing shows why it fails now, not why it first failed), and tells no one."""
         if state is self.state:
+            self.detail = detail or self.detail
             return
         self.state, self.since, self.detail = state, self.clock(), detail
         if state is not HealthState.DOWN:

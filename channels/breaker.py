@@ -34,7 +34,8 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         self._failures = 0
-        self._health.set(HealthState.UP, "last send accepted")
+        if self._health.state is not HealthState.UP:  # up already: its reason (e.g. which SMSC is bound) stays
+            self._health.set(HealthState.UP, "last send accepted")
 
     def retrying(self, detail: str) -> None:
         """A transient failure inside one send's retries."""

@@ -155,7 +155,6 @@ class CotChannel:
         if self.health.is_up:
             log.warning("CoT listener lost", extra={"event": "cot_down", "url": str(self.address), "detail": detail})
         self.health.set(HealthState.DOWN, detail)
-        self.health.detail = detail  # set() keeps the first reason while it stays down; the latest is the useful one
 
     async def _connected_once(self) -> None:
         if self.address.scheme == "udp":

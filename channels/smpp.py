@@ -219,10 +219,7 @@ class SmppSmsChannel:
             self._bind = None
 
     def _down(self, detail: str) -> None:
-        if self.health.state is HealthState.DOWN:
-            self.health.detail = detail  # set() ignores a change of reason alone; the newest reason is the one to show
-        else:
-            self.health.set(HealthState.DOWN, detail)
+        self.health.set(HealthState.DOWN, detail)
 
     async def _connect(self, host: str, port: int) -> tuple[smpp34.Client, smpp34.Smsc]:
         client = smpp34.Client(
