@@ -170,3 +170,24 @@ async def test_a_track_that_cannot_be_rendered_fails_alone_and_the_next_change_g
         await listener.wait_for(of(a, reports=2), what="the next change on the map")
         status, _ = await relay.get("/healthz")
         assert status == 200
+
+
+async def test_a_merge_whose_delete_never_went_out_is_deleted_by_the_restarted_relay(
+    broker: Mosquitto, tmp_path: Path, listener: CotListener,
+) -> None:
+    cfg = config(broker, tmp_path / "data", listener)
+    async with running_relay(cfg) as relay:
+        a = await filed(relay, call("r-1", ago_s=120, km_east=-40))
+        b = await filed(relay, call("r-2", ago_s=30, km_east=20, km_north=60))
+        assert a != b
+        await listener.wait_for(of(b), what="both tracks on the map")
+        await listener.stop()  # the TAK server is away while the dispatcher merges
+        await desk(relay, f"/api/v1/tracks/{b}/merge", {"into": a, "by": "Сидоров"})
+    # the relay stopped with the delete unsent; the map still shows b
+    await listener.start()
+    async with running_relay(cfg):
+        await listener.wait_for(
+            lambda e: e.type == "t-x-d-d" and e.detail("link") is not None
+            and e.detail("link").get("uid") == f"uav-relay.{b}",  # type: ignore[union-attr]
+            timeout=10, what="the merged-away track deleted after the restart")
+        await listener.wait_for(of(a, reports=2), what="the merged track as it is now")

@@ -435,6 +435,9 @@ async def test_a_merge_moves_every_alert_and_a_split_moves_one(store: Store) -> 
                                                                       b1.alert.alert_id]
     assert into.estimate == merged
     assert [t.track_id for t in await store.list_tracks(since=None, limit=10)] == [est_a.track_id]
+    assert [(t.track_id, t.merged_into) for t in await store.merged_tracks(now - 10)] == [
+        (est_b.track_id, est_a.track_id)]  # by when it was merged, not when it was last seen
+    assert await store.merged_tracks(now - 9) == []
     moved = await store.get_alert(b1.alert.alert_id)
     assert moved is not None and moved.track_id == est_a.track_id
     history = await store.events(b1.alert.alert_id)

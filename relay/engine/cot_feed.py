@@ -70,7 +70,12 @@ class CotFeed:
         records = await self._store.recent_tracks(since)
         for record in records:
             self._remember(record.track_id, (a.alert_id for a in record.alerts))
-        self.mark(r.track_id for r in records)
+        # a merge whose delete this process never sent (it died first, or the listener was down) may still be on
+        # the map until its own stale time: delete those again (a delete of a uid the map lacks does nothing)
+        for gone in await self._store.merged_tracks(since):
+            self._due[gone.track_id] = self._clock.now()
+            self._types[gone.track_id] = gone.estimate.uav_type
+        self.mark([r.track_id for r in records] + list(self._due))
 
     def mark(self, track_ids: Iterable[str]) -> None:
         for track_id in track_ids:

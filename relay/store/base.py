@@ -184,6 +184,10 @@ class Store(Protocol):
         """Tracks whose latest report was observed at or after `since` (those a new report may join)."""
         ...
 
+    async def merged_tracks(self, since: float) -> list[TrackRecord]:
+        """Tracks a dispatcher merged away at or after `since` (a map that may still show them is told again)."""
+        ...
+
     async def open_in_track(self, track_id: str) -> OpenInTrack:
         """When the track began, and its open alerts (a light read: one per track and scheduler pass)."""
         ...

@@ -683,6 +683,16 @@ class PostgresStore:
 
         return await self._read(fetch)
 
+    async def merged_tracks(self, since: float) -> list[TrackRecord]:
+        async def fetch(conn: Conn) -> list[TrackRecord]:
+            rows = await _all(
+                conn, f"SELECT {_TRACK_COLS} FROM tracks WHERE updated_at >= %s AND merged_into IS NOT NULL",  # noqa: S608
+                (since,),
+            )
+            return _tracks(rows, await _track_members(conn, [r[0] for r in rows]))
+
+        return await self._read(fetch)
+
     async def open_in_track(self, track_id: str) -> OpenInTrack:
         async def fetch(conn: Conn) -> OpenInTrack:
             opened = await conn.execute("SELECT opened_at FROM tracks WHERE track_id = %s", (track_id,))

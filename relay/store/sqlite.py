@@ -567,6 +567,15 @@ class SQLiteStore:
         return [_track(conn, r) for r in rows]
 
     @_read_errors
+    async def merged_tracks(self, since: float) -> list[TrackRecord]:
+        conn = self._read()
+        rows = conn.execute(
+            f"SELECT {_TRACK_COLS} FROM tracks WHERE updated_at >= ? AND merged_into IS NOT NULL",  # noqa: S608
+            (since,),
+        ).fetchall()
+        return [_track(conn, r) for r in rows]
+
+    @_read_errors
     async def open_in_track(self, track_id: str) -> OpenInTrack:
         conn = self._read()
         row = conn.execute("SELECT opened_at FROM tracks WHERE track_id = ?", (track_id,)).fetchone()
