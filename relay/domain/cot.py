@@ -3,12 +3,14 @@
 Pure: no I/O, the time is given. One event per track state, always under the same uid, so a TAK client moves
 one marker instead of drawing a trail of them; a track that ends (closed, merged away) gets a last event that
 takes it off the map, so nobody keeps a ghost of a drone that is gone.
+
+ElementTree here only builds events (its nosec): nothing inbound is parsed with it.
 """
 
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # nosec B405 (building only: nothing inbound is parsed with it)
+import xml.etree.ElementTree as ET  # nosec B405
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
