@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlencode
 
@@ -68,6 +68,9 @@ class VoiceSettings:
     timeout_s: float = 10.0  # each API call (the client's own timeout is ignored, twilio-python#925)
     repeat: int = 2  # how many times the text is read before the prompt
     machine_detection: bool = True
+    # In the background: the message starts the moment the phone is picked up, and the verdict comes to the `amd`
+    # hook a few seconds later (blocking detection leaves a person listening to silence until it has decided).
+    async_amd: bool = True
     ring_timeout_s: int = 30  # how long Twilio lets it ring before `no-answer`
     voice: str = "Polly.Tatyana"  # a ru-RU voice; Twilio applies SSML <prosody> to Polly and Google voices only
     rate: str = "slow"  # <prosody rate>: x-slow, slow, medium or a percentage
@@ -193,7 +196,11 @@ class TwilioVoiceChannel:
     async def _create(self, client: Any, msg: Outgoing, document: str) -> str:
         extra: dict[str, Any] = {}
         if self._cfg.machine_detection:
-            extra["machine_detection"] = "Enable"  # synchronous: AnsweredBy arrives with the status callbacks
+            extra["machine_detection"] = "Enable"
+            if self._cfg.async_amd:
+                extra["async_amd"] = "true"
+                extra["async_amd_status_callback"] = f"{self._cfg.webhook_base}/amd?{urlencode({'key': msg.key})}"
+                extra["async_amd_status_callback_method"] = "POST"
         return await create_with_translation(
             lambda: client.calls.create_async(
                 to=msg.target,
@@ -251,7 +258,7 @@ class VoiceReceiver:
     as provider "twilio/voice", so the paths are /webhooks/twilio/voice/gather and /webhooks/twilio/voice/status.
     The sink is the VoiceSink given here, or the one the relay passes to `receive` if that implements VoiceSink."""
 
-    hooks = frozenset({"gather", "status"})
+    hooks = frozenset({"gather", "status", "amd"})
     channel = "voice"
 
     def __init__(self, settings: VoiceSettings, scripts: Scripts | None = None, sink: VoiceSink | None = None,
@@ -283,6 +290,9 @@ class VoiceReceiver:
         if call.hook == "status":
             await self._status(call, voice)
             return WebhookAnswer(204)
+        if call.hook == "amd":
+            await self._amd(call, voice)
+            return WebhookAnswer(204)
         return WebhookAnswer(404, "no such voice webhook")
 
     async def _gather(self, call: WebhookCall, sink: VoiceSink) -> WebhookAnswer:
@@ -301,6 +311,17 @@ class VoiceReceiver:
         text = self._scripts.get(key) or ""
         document = call_twiml(self._cfg, key, text, intro="Повторяю.") if text else call_twiml_prompt(self._cfg, key)
         return WebhookAnswer(200, document, "text/xml")
+
+    async def _amd(self, call: WebhookCall, sink: VoiceSink) -> None:
+        """Background detection's verdict. A machine: the call ends for the relay here (the message still plays
+        into the mailbox, and no key from it counts); a person or no verdict: the call goes on."""
+        report = parse_call_status(call.query, {**call.form, "CallStatus": "in-progress"})
+        if not report.machine or not report.call_sid or not report.key or report.call_sid in self._ended:
+            return  # a person, no verdict, or a verdict about no call: the call goes on
+        self._remember(self._machines, report.call_sid)
+        self._remember(self._ended, report.call_sid)
+        await sink.on_call_status(self.channel, replace(report, status="answered-by-machine", final=True,
+                                                        reached=False))
 
     async def _status(self, call: WebhookCall, sink: VoiceSink) -> None:
         report = parse_call_status(call.query, call.form)
@@ -332,6 +353,7 @@ def call_twiml_prompt(cfg: VoiceSettings, key: str) -> str:
 
 def parse_call_status(query: Mapping[str, str], form: Mapping[str, str]) -> CallStatus:
     status = _clean(form.get("CallStatus", ""))[:32] or "unknown"
+    answered_by = _clean(form.get("AnsweredBy", ""))[:32]
     final = status in FINAL_STATUSES
     return CallStatus(
         key=_clean(query.get("key", "")),
@@ -339,8 +361,9 @@ def parse_call_status(query: Mapping[str, str], form: Mapping[str, str]) -> Call
         to=_clean(form.get("To", "")),
         status=status,
         final=final,
-        reached=(status not in UNREACHED_STATUSES) if final else None,
-        answered_by=_clean(form.get("AnsweredBy", ""))[:32],
+        # a mailbox took it: no person heard it, so the desk's next number is called as for no answer
+        reached=(status not in UNREACHED_STATUSES and not is_machine(answered_by)) if final else None,
+        answered_by=answered_by,
         error_code=_clean(form.get("ErrorCode", ""))[:16],
     )
 

@@ -99,6 +99,11 @@ async def test_a_machine_hears_the_alert_but_cannot_acknowledge_and_a_forged_key
                                   signature="bm90IGEgc2lnbmF0dXJl")
     assert forged == 403
     assert (await relay.alert(accepted["alert_id"]))["state"] != "acknowledged"
+    # a mailbox is no person: the desk's next number is called at once, and the first call says why it failed
+    second = (await twilio.wait_for_calls(1, timeout=10, to=DESK1_VOICE2))[0]
+    assert second.at - call.at < 5
+    calls = {d["target"]: d for d in (await relay.alert(accepted["alert_id"]))["deliveries"] if d["channel"] == "voice"}
+    assert calls[DESK1_VOICE]["state"] == "failed" and "machine" in (calls[DESK1_VOICE]["error"] or "")
 
 
 async def test_test_channels_places_a_marked_test_call_to_every_number(

@@ -99,12 +99,13 @@ async def _edge(sink: Sink) -> tuple[web.AppRunner, str, dict[str, VoiceReceiver
 
 
 @contextlib.asynccontextmanager
-async def _rig(twilio: TwilioFake, *, machine_detection: bool = True, attempts: int = 3) -> AsyncIterator[Rig]:
+async def _rig(twilio: TwilioFake, *, machine_detection: bool = True, attempts: int = 3,
+               async_amd: bool = True) -> AsyncIterator[Rig]:
     sink = Sink()
     runner, public_url, box = await _edge(sink)
     settings = VoiceSettings(ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, twilio.base_url, public_url,
                              timeout_s=2.0, machine_detection=machine_detection, attempts=attempts,
-                             retry_budget_s=2.0)
+                             retry_budget_s=2.0, async_amd=async_amd)
     channel = TwilioVoiceChannel(settings)
     box["receiver"] = VoiceReceiver(settings, channel.scripts)
     task = asyncio.create_task(channel.run())
@@ -133,7 +134,8 @@ async def test_a_call_is_placed_with_the_number_the_twiml_and_a_status_callback(
     assert call.twiml and not call.url
     assert call.status_callback == f"{rig.public_url}/webhooks/twilio/voice/status?key=delivery-42"
     assert set(call.status_events) >= {"ringing", "answered", "completed"}
-    assert call.machine_detection == "Enable"
+    assert call.machine_detection == "Enable"  # in the background: the message starts when the phone is picked up
+    assert call.async_amd_callback == f"{rig.public_url}/webhooks/twilio/voice/amd?key=delivery-42"
     assert 'language="ru-RU"' in call.twiml and 'rate="slow"' in call.twiml
 
 
@@ -143,7 +145,9 @@ async def test_the_dispatcher_hears_the_alert_twice_then_the_prompt(rig: Rig) ->
     assert call.transcript == [TEXT, TEXT, "Нажмите 1, чтобы подтвердить."]
     assert call.gather_action == f"{rig.public_url}/webhooks/twilio/voice/gather?key=delivery-7"
     assert [s.status for s in rig.sink.statuses] == ["ringing", "in-progress"]
-    assert rig.sink.statuses[-1].answered_by == "human"
+    # the verdict came after the message had started, and a person's needs nothing done
+    assert call.posts[-1].url == call.async_amd_callback and call.posts[-1].status == 204
+    assert call.posts[-1].params["AnsweredBy"] == "human"
 
 
 # ---- acknowledging by a key -----------------------------------------------------------------------------------
@@ -203,9 +207,28 @@ async def test_an_answering_machine_hears_the_message_but_never_acknowledges(rig
     call = await rig.call()
     await rig.twilio.answer(call, by="machine_end_beep")
     assert call.transcript.count(TEXT) == 2
-    assert rig.sink.statuses[-1].machine
+    # the verdict ends the call for the relay at once: not reached, so the desk's next number is called now,
+    # not when the mailbox has finished recording
+    verdict = rig.sink.statuses[-1]
+    assert verdict.machine and verdict.final and verdict.reached is False
     await rig.twilio.press(call, "1")  # a tone on the tape is no person
     assert rig.sink.keys == []
+    await rig.twilio.post_status(call, "completed", CallDuration="40")  # the mailbox hangs up: told once only
+    assert [s for s in rig.sink.statuses if s.final] == [verdict]
+
+
+async def test_with_blocking_detection_a_machine_is_known_before_the_message_and_never_counts(
+    twilio: TwilioFake,
+) -> None:
+    async with _rig(twilio, async_amd=False) as rig:
+        call = await rig.call()
+        assert call.machine_detection == "Enable" and call.async_amd_callback == ""
+        await rig.twilio.answer(call, by="machine_start")
+        assert rig.sink.statuses[-1].answered_by == "machine_start"  # on the status callbacks themselves
+        await rig.twilio.press(call, "1")
+        await rig.twilio.post_status(call, "completed", CallDuration="40")
+        final = rig.sink.statuses[-1]
+        assert final.final and final.machine and final.reached is False and rig.sink.keys == []
 
 
 # ---- what a forger or a broken provider sends -----------------------------------------------------------------
@@ -227,6 +250,24 @@ async def test_a_forged_signature_is_refused(rig: Rig) -> None:
         await receiver.receive(WebhookCall("gather", call.gather_action.replace("delivery-1", "delivery-2"),
                                            {"X-Twilio-Signature": genuine}, {"key": "delivery-2"}, params), rig.sink)
     assert rig.sink.keys == []
+
+
+async def test_a_forged_or_garbled_machine_verdict_ends_no_call(rig: Rig) -> None:
+    """The `amd` hook decides whether the desk's next number is called: only Twilio, about a real call, may."""
+    call = await rig.call()
+    await rig.twilio.answer(call, by="human")
+    verdict = {"CallSid": call.sid, "AccountSid": ACCOUNT_SID, "AnsweredBy": "machine_end_beep"}
+    for signature in ("forged", None):
+        status, _ = await post_signed(call.async_amd_callback, verdict, signature=signature)
+        assert status == 403
+    for garbled in ({"CallSid": call.sid, "AnsweredBy": "hu\x00man\u2028\u202e"}, {"CallSid": call.sid},
+                    {"CallSid": call.sid, "AnsweredBy": "x" * 10_000}, {"AnsweredBy": "machine_start"},
+                    {"CallSid": "\x00", "AnsweredBy": "fax"}):
+        status, _ = await post_signed(call.async_amd_callback, garbled)
+        assert status == 204
+    assert not any(s.final for s in rig.sink.statuses)  # still a person's call: nothing ended, nothing moved on
+    await rig.twilio.press(call, "1")
+    assert len(rig.sink.keys) == 1
 
 
 @pytest.mark.parametrize(("fault", "reason"), [

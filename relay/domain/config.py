@@ -277,6 +277,9 @@ class VoiceSection(Section):
     auth_token: SecretStr = SecretStr("")
     api_base_url: str = ""
     machine_detection: bool = True  # an answering machine hears the alert but never acknowledges it
+    # detection in the background: a person hears the alert the moment they pick up; false for a gateway that only
+    # blocks (the person then hears silence for the few seconds the detection takes)
+    async_amd: bool = True
     ring_timeout_s: int = Field(30, ge=5, le=600)
     timeout_s: float = Field(10.0, gt=0, le=60)
 

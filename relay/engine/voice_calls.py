@@ -2,7 +2,7 @@
 
 A key `1` pressed by a person acknowledges the alert (channel `voice`), once per call whatever Twilio repeats; a
 call's final status is recorded on its delivery and tells the dispatcher, which waits for it, whether to call the
-desk's next number (busy, no answer, failed) or not (answered).
+desk's next number (busy, no answer, failed, a mailbox) or not (a person answered).
 """
 
 from __future__ import annotations
@@ -62,7 +62,12 @@ class VoiceCalls:
             while len(self._early) > EARLY_KEPT:
                 self._early.popitem(last=False)
         reached = bool(status.reached)
-        why = None if reached else f"call {status.status}" + (f" ({status.error_code})" if status.error_code else "")
+        if reached:
+            why = None
+        elif status.machine:
+            why = f"call answered by a machine ({status.answered_by}): no person heard it"
+        else:
+            why = f"call {status.status}" + (f" ({status.error_code})" if status.error_code else "")
         await self.engine.delivery_report(status.key, channel, delivered=reached, error=why)
 
     async def on_key(self, channel: str, key: str, sender: str, digit: str, call_sid: str) -> str | None:

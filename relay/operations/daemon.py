@@ -113,6 +113,7 @@ def voice_settings(settings: Settings) -> VoiceSettings:
         public_url=settings.http.public_url,
         timeout_s=v.timeout_s,
         machine_detection=v.machine_detection,
+        async_amd=v.async_amd,
         ring_timeout_s=v.ring_timeout_s,
     )
 

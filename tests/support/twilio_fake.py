@@ -55,6 +55,7 @@ class VoiceCall:
     status_events: list[str]
     machine_detection: str
     at: float
+    async_amd_callback: str = ""  # AsyncAmd=true: where the verdict is posted, after the call has started
     status: str = "queued"
     answered_by: str = ""
     transcript: list[str] = field(default_factory=list)  # every <Say> heard, in order
@@ -114,6 +115,7 @@ class TwilioFake(TwilioSink):
             twiml=str(form.get("Twiml", "")), status_callback=str(form.get("StatusCallback", "")),
             status_events=[str(v) for v in form.getall("StatusCallbackEvent", [])],
             machine_detection=str(form.get("MachineDetection", "")), at=time.time(),
+            async_amd_callback=str(form.get("AsyncAmdStatusCallback", "")) if form.get("AsyncAmd") == "true" else "",
         )
         self.phone_calls.append(call)
         return web.json_response(self._call_json(call), status=201)
@@ -137,9 +139,11 @@ class TwilioFake(TwilioSink):
 
     async def answer(self, call: VoiceCall, by: str = "human") -> None:
         """The phone rings and is picked up (`by`: human, machine_start, machine_end_beep, fax); the TwiML is
-        fetched and spoken."""
+        fetched and spoken. Blocking detection: its verdict (AnsweredBy) is known before the TwiML runs and comes
+        with every later webhook; in the background (AsyncAmd): the TwiML runs at once and the verdict is posted
+        to the AsyncAmdStatusCallback after it."""
         await self.post_status(call, "ringing")
-        if call.machine_detection:
+        if call.machine_detection and not call.async_amd_callback:
             call.answered_by = by
         await self.post_status(call, "in-progress")
         if call.url:
@@ -147,6 +151,10 @@ class TwilioFake(TwilioSink):
             self._speak(call, webhook.answer)
         else:
             self._speak(call, call.twiml)
+        if call.machine_detection and call.async_amd_callback:
+            call.answered_by = by
+            await self._post(call, call.async_amd_callback, {
+                "CallSid": call.sid, "AccountSid": ACCOUNT_SID, "AnsweredBy": by, "MachineDetectionDuration": "2400"})
 
     async def press(self, call: VoiceCall, digits: str) -> Webhook:
         """Keys pressed while the call waits in a Gather: posted to its action; the answer is spoken in turn."""
