@@ -126,7 +126,7 @@ async def test_a_stalled_listener_never_holds_the_sender_and_is_reconnected() ->
             n += 1
             await asyncio.sleep(0.001 if n % 50 == 0 else 0)
         await eventually(lambda: "stalled" in channel.health.detail, timeout=5, what="stall detected")
-        assert slowest < 0.05, slowest
+        assert slowest < 0.2, slowest  # offer() is synchronous: only real work in it (a copy, a write) could take this
         assert len(channel.live_uids()) == 400  # memory bounded by uids, not by events offered
 
         channel.offer("probe", event("probe", 1))
