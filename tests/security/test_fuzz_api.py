@@ -23,7 +23,10 @@ async def test_fuzzing_the_api_finds_no_server_error(relay: RunningRelay, tmp_pa
     assert ST is not None
     proc = await asyncio.create_subprocess_exec(
         ST, "run", f"{relay.url}/api/v1/openapi.json", "--url", relay.url,
-        "--checks", "not_a_server_error", "--max-examples", "60", "--seed", "1", "--workers", "4",
+        # one worker: with several, hypothesis describes schemathesis' filters with ast.parse from several threads at
+        # once, which CPython 3.11.7 can fail with "SystemError: AST constructor recursion depth mismatch" (a
+        # CPython bug, not ours; it failed this test twice in one run once the CAP routes added query patterns)
+        "--checks", "not_a_server_error", "--max-examples", "60", "--seed", "1", "--workers", "1",
         "--exclude-path", "/api/v1/events",  # a stream that never ends by design
         "--header", f"Authorization: Bearer {token}", "--request-timeout", "10",
         "--report-dir", str(tmp_path), cwd=tmp_path,
