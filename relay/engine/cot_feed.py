@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Iterable
 
 from channels.base import HealthChange, HealthState
@@ -176,7 +175,7 @@ class CotFeed:
         name = self._channel.name
         self._metrics.child(self._metrics.deliveries, name, "sent").inc()
         self._metrics.child(self._metrics.channel_send_seconds, name).observe(age_s)
-        self._metrics.child(self._metrics.channel_last_success, name).set(time.time())
+        self._metrics.child(self._metrics.channel_last_success, name).set(self._clock.now())
 
     def _on_health(self, change: HealthChange) -> None:
         self._metrics.channel_up.labels(change.channel).set(0 if change.state is HealthState.DOWN else 1)
