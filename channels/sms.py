@@ -7,10 +7,11 @@ what its status callbacks and inbound messages mean. The relay sees `SendResult`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -80,22 +81,15 @@ class TwilioSmsChannel:
         self.health.set(HealthState.UP, "no send yet")
         self.breaker = CircuitBreaker(self.health, clock=clock or time.monotonic)
         self._client: Any = None  # twilio.rest.Client, imported when the channel starts (it is slow to import)
-        self._http: Any = None
 
     async def run(self) -> None:
         """Owns the HTTP session (it binds to the running loop); closes it when cancelled."""
-        from twilio.http.async_http_client import AsyncTwilioHttpClient
-        from twilio.rest import Client
-
-        self._http = AsyncTwilioHttpClient()
-        client = Client(self._cfg.account_sid, self._cfg.auth_token, http_client=self._http)
-        client.api.base_url = self._cfg.api_base_url.rstrip("/")
-        self._client = client
-        try:
-            await asyncio.Event().wait()
-        finally:
-            self._client = None
-            await self._http.close()
+        async with twilio_client(self._cfg.account_sid, self._cfg.auth_token, self._cfg.api_base_url) as client:
+            self._client = client
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self._client = None
 
     async def send(self, msg: Outgoing) -> SendResult:
         client = self._client
@@ -130,6 +124,21 @@ class TwilioSmsChannel:
         async with asyncio.timeout(self._cfg.timeout_s):
             message = await client.messages(sid).fetch_async()
         return str(message.status)
+
+@contextlib.asynccontextmanager
+async def twilio_client(account_sid: str, auth_token: str, api_base_url: str) -> AsyncIterator[Any]:
+    """The SDK's client on its asyncio HTTP session, for SMS and calls alike; the session is closed on the way out."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
+
+    http = AsyncTwilioHttpClient()
+    client = Client(account_sid, auth_token, http_client=http)
+    client.api.base_url = api_base_url.rstrip("/")  # a gateway that speaks Twilio's API, or the tests' server
+    try:
+        yield client
+    finally:
+        await http.close()
+
 
 async def created_or_failed(
     create: Callable[[], Awaitable[str]], *, attempts: int, budget_s: float, breaker: CircuitBreaker, event: str,

@@ -35,6 +35,7 @@ from channels.sms import (
     check_signature,
     create_with_translation,
     created_or_failed,
+    twilio_client,
 )
 
 log = logging.getLogger("channels.voice")
@@ -148,22 +149,15 @@ class TwilioVoiceChannel:
         self.health.set(HealthState.UP, "no call yet")
         self.breaker = CircuitBreaker(self.health, clock=clock or time.monotonic)
         self._client: Any = None
-        self._http: Any = None
 
     async def run(self) -> None:
         """Owns the HTTP session (it binds to the running loop); closes it when cancelled."""
-        from twilio.http.async_http_client import AsyncTwilioHttpClient
-        from twilio.rest import Client
-
-        self._http = AsyncTwilioHttpClient()
-        client = Client(self._cfg.account_sid, self._cfg.auth_token, http_client=self._http)
-        client.api.base_url = self._cfg.api_base_url.rstrip("/")  # as the SMS channel: a local base URL works
-        self._client = client
-        try:
-            await asyncio.Event().wait()
-        finally:
-            self._client = None
-            await self._http.close()
+        async with twilio_client(self._cfg.account_sid, self._cfg.auth_token, self._cfg.api_base_url) as client:
+            self._client = client
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self._client = None
 
     async def send(self, msg: Outgoing) -> SendResult:
         client = self._client
