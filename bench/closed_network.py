@@ -9,23 +9,18 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
-import shutil
-import signal
 import sqlite3
 import sys
 import time
-import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from aiohttp import web
 
-from bench.env import REPO
+from bench import in_process
+from bench.in_process import say
 from bench.stats import summarize
 from bench.table import header, latency_row, rule, value_row
 from channels.base import HealthState, Outgoing
@@ -54,10 +49,6 @@ SHORT = "Тревога: БПЛА у аэродрома, код {key}"
 MEDIUM = "Тревога БПЛА. Малый беспилотник, высота около 300 м, курс на северо-восток, код {key}"
 LONG = ("Тревога БПЛА. Оператор сообщает: малый беспилотник, высота около 300 м, курс на северо-восток, "
         "в 5 км от полосы. Ответьте кодом {key}, чтобы подтвердить получение. Повтор каждые 60 секунд.")
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -558,22 +549,6 @@ def render(info: dict[str, Any], plan: Plan, r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    return {"date": datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version()}
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     only = ""
@@ -582,32 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         only = args[k + 1]
         del args[k:k + 2]
     plan = parse(args)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    for key in list(os.environ):
-        if key.startswith("RELAY_"):
-            del os.environ[key]
-    info = machine()
-    info["load_before"] = loadavg()
-    work = REPO / "var" / f"closed-network-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    failure = None
-    results: dict[str, Any] = {}
-    try:
-        asyncio.run(measure(plan, work, only, results))
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    except Exception as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if failure:
-        say(f"benchmark failed: {failure}; the parts measured before it:")
-    print("\n".join(render(info, plan, results)))
-    print(f"run took {time.monotonic() - t0:.0f} s; load average before {info['load_before']}, after {loadavg()} "
-          f"({info['cores']} cores)")
-    return 0 if not failure else 130 if failure == "interrupted" else 1
+    return in_process.run("closed-network", lambda work, results: measure(plan, work, only, results),
+                          lambda info, results: render(info, plan, results))
 
 
 if __name__ == "__main__":

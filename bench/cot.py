@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.closed_network import loadavg, machine, say
-from bench.env import REPO
+from bench import in_process
+from bench.in_process import say
 from bench.stats import Summary, summarize
 from bench.table import header, latency_row, rule, value_row
 from tests.support.broker import Mosquitto
@@ -92,6 +89,7 @@ async def burst(relay: RunningRelay, cot: CotListener, tracks: list[str], n: int
 
 
 async def measure(work: Path, n: int, k: int, n_burst: int, out: dict[str, Any]) -> None:
+    (work / "broker").mkdir(exist_ok=True)
     broker = Mosquitto(work / "broker")
     broker.start()
     cot = CotListener()
@@ -145,32 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracks", type=int, default=10)
     parser.add_argument("--burst", type=int, default=200)
     args = parser.parse_args(argv)
-    for key in list(os.environ):
-        if key.startswith("RELAY_"):
-            del os.environ[key]
-    info = machine()
-    info["load_before"] = loadavg()
-    work = REPO / "var" / f"bench-cot-{os.getpid()}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "broker").mkdir()
-    t0 = time.monotonic()
-    failure = None
-    results: dict[str, Any] = {}
-    try:
-        asyncio.run(measure(work, args.updates, args.tracks, args.burst, results))
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    except Exception as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if failure:
-        say(f"benchmark failed: {failure}; the parts measured before it:")
-    print("\n".join(render(info, results)))
-    print(f"run took {time.monotonic() - t0:.0f} s; load average before {info['load_before']}, after {loadavg()} "
-          f"({info['cores']} cores)")
-    return 0 if not failure else 130 if failure == "interrupted" else 1
+    return in_process.run("bench-cot", lambda work, results: measure(work, args.updates, args.tracks, args.burst,
+                                                                       results), render)
 
 
 if __name__ == "__main__":
