@@ -235,6 +235,10 @@ class SmppSection(Section):
         return [MqttSection._node(h) for h in self.hosts]
 
 
+# Twilio's API base, or a gateway that speaks it: scheme and host only (the SDK adds the paths)
+API_BASE_URL = re.compile(r"^https?://[^/\s]+/?$")
+
+
 class SmsSection(Section):
     enabled: bool = False
     # the transport; the SMS themselves (texts, bundles per track, STOP/START, reply acks) are the same for both
@@ -262,7 +266,7 @@ class SmsSection(Section):
                 missing.append("auth_token")
             if missing:
                 raise ValueError(f"enabled, but {', '.join(missing)} not set")
-        if not re.match(r"^https?://[^/\s]+/?$", self.api_base_url):
+        if not API_BASE_URL.match(self.api_base_url):
             raise ValueError("api_base_url: must be an http(s) URL with no path")
         return self
 
@@ -291,7 +295,7 @@ class VoiceSection(Section):
     @field_validator("api_base_url")
     @classmethod
     def _base(cls, v: str) -> str:
-        if v and not re.match(r"^https?://[^/\s]+/?$", v):
+        if v and not API_BASE_URL.match(v):
             raise ValueError("must be an http(s) URL with no path")
         return v
 
