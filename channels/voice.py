@@ -177,6 +177,11 @@ class TwilioVoiceChannel:
             logger=log,
         )
 
+    @property
+    def detects_machines(self) -> bool:
+        """Whether a call's AnsweredBy will say who took it."""
+        return self._cfg.machine_detection
+
     async def fetch_status(self, sid: str) -> tuple[str, str]:
         """Twilio's current status of a placed call (queued, ringing, in-progress, completed, busy, no-answer,
         failed, canceled) and who answered it ("" when machine detection is off or nobody has yet)."""

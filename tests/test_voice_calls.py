@@ -145,7 +145,11 @@ async def test_test_channels_says_no_when_a_machine_answers_the_test_call(
 
     async def far_end() -> None:
         (call,) = await twilio.wait_for_calls(1, timeout=10)
-        call.answered_by, call.status = "machine_end_beep", "completed"
+        # picked up: in progress at once, the background detection's verdict only later
+        call.status = "in-progress"
+        asked = len(twilio.call_fetches)
+        await eventually(lambda: len(twilio.call_fetches) > asked, what="the command seeing it in progress")
+        call.answered_by = "machine_end_beep"
 
     async with asyncio.TaskGroup() as tg:
         test = tg.create_task(run_channel_test(Settings(**cfg), wait_s=5))

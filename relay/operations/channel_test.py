@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from channels.base import Channel, Inbound, InboundKind, Outgoing
 from channels.email import SmtpEmailChannel
@@ -192,19 +193,31 @@ async def _wait_receipt(result: Result, key: str, receipts: _Receipts, wait_s: f
         result.detail = f"no delivery receipt from the SMSC within {wait_s:g} s"
 
 
-async def _wait_carrier(result: Result, sms: TwilioSmsChannel, sid: str, wait_s: float) -> None:
+_T = TypeVar("_T")
+
+
+async def _poll(fetch: Callable[[], Awaitable[_T]], done: Callable[[_T], bool], wait_s: float) -> _T:
+    """The provider's word on a test message, asked every second until `done` says it is final or the deadline
+    passes (its status moves on its own time); the last word either way. Raises what `fetch` raises."""
     deadline = time.monotonic() + wait_s
-    status = "unknown"
-    while time.monotonic() < deadline:
-        try:
-            status = await sms.fetch_status(sid)
-        except Exception as exc:  # noqa: BLE001 - a report of what happened, not a reason to stop the others
-            result.detail = f"status not readable: {exc}"
-            return
-        if status in ("delivered", "undelivered", "failed"):
-            break
-        await asyncio.sleep(1.0)  # Twilio's status moves on its own time; polled, with a deadline
-    result.delivered = status == "delivered" if status in ("delivered", "undelivered", "failed") else None
+    while True:
+        last = await fetch()
+        left = deadline - time.monotonic()
+        if done(last) or left <= 0:
+            return last
+        await asyncio.sleep(min(1.0, left))
+
+
+SMS_FINAL = frozenset({"delivered", "undelivered", "failed"})
+
+
+async def _wait_carrier(result: Result, sms: TwilioSmsChannel, sid: str, wait_s: float) -> None:
+    try:
+        status = await _poll(lambda: sms.fetch_status(sid), lambda s: s in SMS_FINAL, wait_s)
+    except Exception as exc:  # noqa: BLE001 - a report of what happened, not a reason to stop the others
+        result.detail = f"status not readable: {exc}"
+        return
+    result.delivered = status == "delivered" if status in SMS_FINAL else None
     result.detail = f"{sid}: {status}"
 
 
@@ -214,26 +227,30 @@ CALL_UNANSWERED = frozenset({"busy", "no-answer", "failed", "canceled"})
 
 async def _wait_answer(result: Result, voice: TwilioVoiceChannel, sid: str, wait_s: float) -> None:
     """A test call counts as delivered once a person picks it up; a machine, busy or no answer is a NO with the
-    reason. The key the person presses reaches the running daemon's webhook, not this command."""
-    deadline = time.monotonic() + wait_s
-    status, answered_by = "unknown", ""
-    while time.monotonic() < deadline:
-        try:
-            status, answered_by = await voice.fetch_status(sid)
-        except Exception as exc:  # noqa: BLE001 - a report of what happened, not a reason to stop the others
-            result.detail = f"{sid}: status not readable: {exc}"
-            return
-        if status in CALL_ANSWERED | CALL_UNANSWERED:
-            break
-        await asyncio.sleep(1.0)  # a phone rings on its own time; polled, with a deadline
-    if status in CALL_ANSWERED:
+    reason. With machine detection the call is in progress before the verdict is in (it runs in the background):
+    an answered call counts once it is known who answered, or once it ended. The key the person presses reaches
+    the running daemon's webhook, not this command."""
+
+    def known(s: tuple[str, str]) -> bool:
+        status, answered_by = s
+        if status == "in-progress":
+            return bool(answered_by) or not voice.detects_machines
+        return status in CALL_ANSWERED | CALL_UNANSWERED
+
+    try:
+        status, answered_by = await _poll(lambda: voice.fetch_status(sid), known, wait_s)
+    except Exception as exc:  # noqa: BLE001 - a report of what happened, not a reason to stop the others
+        result.detail = f"{sid}: status not readable: {exc}"
+        return
+    if status in CALL_ANSWERED and known((status, answered_by)):
         result.delivered = not is_machine(answered_by)
         result.detail = f"{sid}: answered by {answered_by or 'someone'}"
     elif status in CALL_UNANSWERED:
         result.delivered = False
         result.detail = f"{sid}: {status}"
     else:
-        result.detail = f"{sid}: not answered within {wait_s:g} s ({status})"
+        who = ", who: not known" if status in CALL_ANSWERED else ""
+        result.detail = f"{sid}: not answered within {wait_s:g} s ({status}{who})"
 
 
 def render_time(t: float) -> str:

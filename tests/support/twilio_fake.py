@@ -70,6 +70,7 @@ class TwilioFake(TwilioSink):
 
     async def start(self) -> None:
         self.phone_calls = []
+        self.call_fetches: list[str] = []  # every GET of a call's status, by sid
         self._call_sids = itertools.count(1)
         await super().start()
 
@@ -124,6 +125,7 @@ class TwilioFake(TwilioSink):
         if not self._authorized(request) or request.match_info["sid"] != ACCOUNT_SID:
             return _error(401, 20003, "Authenticate")
         call = next((c for c in self.phone_calls if c.sid == request.match_info["call"]), None)
+        self.call_fetches.append(request.match_info["call"])
         if call is None:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
         return web.json_response(self._call_json(call))
