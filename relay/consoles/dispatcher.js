@@ -197,8 +197,36 @@ async function flush() {
 
 let renderTimer = 0;
 
+// The board never moves under a pressed pointer. Pressing a new card's button focuses it, which makes it seen and
+// re-renders it; a track arriving re-orders the list. Between the press and the release either moved the button
+// away, and the click was lost, or landed on another card's button. A render waits for the release (bounded: a
+// release the page never hears must not freeze the board).
+const PRESS_HOLD_MAX_MS = 3000;
+let pressedAt = 0;
+let renderHeld = false;
+
+function pressing() {
+  return pressedAt > 0 && performance.now() - pressedAt < PRESS_HOLD_MAX_MS;
+}
+
+function pressed() {
+  pressedAt = performance.now();
+}
+
+function released() {
+  pressedAt = 0;
+  if (!renderHeld) return;
+  renderHeld = false;
+  setTimeout(render, 0); // after the click this release belongs to
+}
+
 function render() {
   clearTimeout(renderTimer);
+  if (pressing()) {
+    renderHeld = true;
+    renderTimer = setTimeout(render, PRESS_HOLD_MAX_MS);
+    return;
+  }
   renderTimer = setTimeout(render, RENDER_MS);
   if (!session) return;
   const now = serverNow();
@@ -560,6 +588,9 @@ function start(s) {
 
 // Any click or key is the gesture that lets the page sound (the login's Enter or click is the first one).
 document.addEventListener('pointerdown', () => alarm.unlock(), {capture: true});
+document.addEventListener('pointerdown', pressed, {capture: true});
+for (const type of ['pointerup', 'pointercancel']) document.addEventListener(type, released, {capture: true});
+window.addEventListener('blur', released);
 document.addEventListener('keydown', onKey);
 $('open-h').tabIndex = -1;
 login('desk', start);

@@ -324,6 +324,57 @@ async def acknowledge_on_page(page: Page, code: str) -> None:
     await expect(page.locator("#acked li.track").filter(has_text=code)).to_have_count(1)
 
 
+async def settled(page: Page) -> None:
+    """Until the page has run what its last answers queued (their parsing, a render after them)."""
+    for _ in range(3):
+        await page.evaluate("() => new Promise((done) => setTimeout(() => requestAnimationFrame(() => done()), 0))")
+
+
+async def test_a_press_acknowledges_the_card_under_it_though_the_board_changes_meanwhile(
+    relay: RunningRelay, browser: Browser, page_errors: PageErrors
+) -> None:
+    await post_all(relay, [sighting("p-1", ago_s=30, east_km=-12, north_km=3),
+                           sighting("p-2", ago_s=30, east_km=12, north_km=-20)])
+    page = await open_board(browser, relay, page_errors)
+    cards = page.locator("#tracks > li.track")
+    await expect(cards).to_have_count(2)
+    await expect(page.locator("#jump-new")).to_be_visible()
+    finished: list[str] = []
+    page.on("requestfinished", lambda request: finished.append(request.url))
+
+    # pressed, the new card is seen (its mark and the banner go) and a flash track arrives on top of the list;
+    # the release still lands on the button pressed: the board waited for it
+    target = cards.nth(1)
+    target_id = await target.get_attribute("data-track-id")
+    box = await target.locator("button.ack").bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    await page.mouse.down()
+    (flash,) = await post_all(relay, [sighting("p-flash", ago_s=5, east_km=0, north_km=30, priority="flash",
+                                               uav_type="helicopter")])
+
+    def read_after_the_flash() -> bool:
+        named = [n for n, url in enumerate(finished) if flash["alert_id"] in url]
+        return bool(named) and any("/api/v1/tracks?state=open" in url for url in finished[named[0]:])
+
+    await eventually(read_after_the_flash, what="the page read the list again after the flash alert")
+    await settled(page)
+    await page.mouse.up()
+    await expect(page.locator(f"#acked > li[data-track-id='{target_id}']")).to_contain_text(
+        "Подтверждено: Майор Иванов")
+    await expect(cards).to_have_count(2)
+    await expect(cards.first).to_contain_text(flash["short_code"])
+
+    # the last new tracks seen: the banner's line stays, so nothing on the list moves
+    boxes = [await cards.nth(n).bounding_box() for n in range(2)]
+    for n in range(2):
+        await cards.nth(n).focus()
+    await expect(page.locator("#jump-new")).to_be_hidden()
+    await expect(page.locator("#tracks > li.track.fresh")).to_have_count(0)
+    assert [await cards.nth(n).bounding_box() for n in range(2)] == boxes
+    assert page_errors.errors == []
+
+
 async def test_one_alarm_rings_until_every_track_is_acknowledged_sharper_for_flash_and_waits_for_a_gesture(
     relay: RunningRelay, browser: Browser, page_errors: PageErrors
 ) -> None:
