@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from channels.base import HealthState, Outgoing, SendResult
-from channels.voice import CallStatus, spell_code
+from channels.voice import spell_code
 from relay.domain import render, transitions
 from relay.domain.clock import Clock
 from relay.domain.records import AlertRecord, AttemptOutcome, DeliveryRecord
@@ -41,8 +41,8 @@ CALL_WAIT_S = 180.0
 
 
 class CallOutcomes(Protocol):
-    async def outcome(self, key: str, within_s: float) -> CallStatus | None:
-        """The final status of the call placed for delivery `key` (`.reached`: answered), None if none came."""
+    async def reached(self, key: str, within_s: float) -> bool | None:
+        """Whether the call placed for delivery `key` reached a person; None if no word came within `within_s`."""
         ...
 
 # Each channel has its own queue and workers (Plug.workers): a slow e-mail server (every unacknowledged alert
@@ -202,8 +202,8 @@ class Dispatcher:
             )
             if not placed:
                 continue  # not placed (recorded as failed): the next number at once
-            status = await self._calls.outcome(d.delivery_id, CALL_WAIT_S) if self._calls is not None else None
-            if status is not None and not status.reached:
+            reached = await self._calls.reached(d.delivery_id, CALL_WAIT_S) if self._calls is not None else None
+            if reached is False:
                 continue  # busy, no answer, failed: recorded by the status callback; the next number at once
             for rest in numbers[n + 1:]:  # answered (or no word in time): these are not called in this round
                 await self._store.finish_attempt(rest.delivery_id, AttemptOutcome.RETRY, self._clock.now(),

@@ -13,12 +13,14 @@ from collections import OrderedDict
 
 from channels.voice import CallStatus
 from relay.domain.clock import Clock
+from relay.domain.states import DeliveryState
 from relay.engine.engine import CHANNEL_TEST_PREFIX, AckRefused, Engine
-from relay.store.base import Store
+from relay.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("relay.voice")
 
 EARLY_KEPT = 1000  # final statuses that came before anyone waited for them (a fast "busy"), the latest kept
+STORE_LOOK_S = 1.0  # how often a waiting call's delivery is read, for a status heard by another relay
 
 
 class VoiceCalls:
@@ -37,19 +39,46 @@ class VoiceCalls:
             raise RuntimeError("VoiceCalls.serve(engine) was not called")
         return self._engine
 
-    async def outcome(self, key: str, within_s: float) -> CallStatus | None:
-        """The final status of the call placed for delivery `key`; None if none came within `within_s`."""
+    async def reached(self, key: str, within_s: float) -> bool | None:
+        """Whether the call placed for delivery `key` reached a person: True, False (busy, no answer, failed, a
+        machine), or None when no word came within `within_s`.
+
+        The word is the call's final status, heard by this relay's webhook or, behind a load balancer, by another
+        relay's: that one records it on the delivery, which is read here every `STORE_LOOK_S`. Without the look,
+        a desk's next number waited the whole `within_s` whenever the callback landed elsewhere."""
         early = self._early.pop(key, None)
         if early is not None:
-            return early
+            return bool(early.reached)
         waiting = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
         try:
             async with asyncio.timeout(within_s):
-                return await waiting
+                while True:
+                    done, _ = await asyncio.wait({waiting}, timeout=STORE_LOOK_S)
+                    if done:
+                        return bool(waiting.result().reached)
+                    recorded = await self._recorded(key)
+                    if recorded is not None:
+                        return recorded
         except TimeoutError:
             return None
         finally:
             self._waiting.pop(key, None)
+
+    async def _recorded(self, key: str) -> bool | None:
+        """The call's outcome as the store has it (delivered: a person; failed or cancelled: no one); None while
+        it is only placed, or when the store cannot be read this time."""
+        try:
+            alert = await self._store.get_alert(key.partition(".")[0])
+        except StoreUnavailable:
+            return None
+        delivery = None if alert is None else next((d for d in alert.deliveries if d.delivery_id == key), None)
+        if delivery is None:
+            return False  # gone (the history pruned): nothing left to wait for
+        if delivery.state is DeliveryState.DELIVERED:
+            return True
+        if delivery.state in (DeliveryState.FAILED, DeliveryState.CANCELLED):
+            return False
+        return None
 
     async def on_call_status(self, channel: str, status: CallStatus) -> None:
         if not status.final:

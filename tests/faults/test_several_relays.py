@@ -153,6 +153,44 @@ async def test_a_killed_relays_timers_fire_from_the_other_once(
     assert [e["detail"]["round"] for e in rounds] == list(range(1, len(rounds) + 1)), rounds  # each once
 
 
+async def test_a_call_whose_callbacks_reach_another_relay_passes_to_the_next_number_at_once(
+    broker: Mosquitto, postgres_url: str, smtp: SmtpServer, twilio: TwilioFake, tmp_path: Path,
+    relay_process: list[RelayProcess],
+) -> None:
+    """Behind a load balancer Twilio's callbacks for a call relay-a placed may land on relay-b. relay-b records them
+    on the delivery; relay-a, waiting on the call, reads that and calls the desk's next number at once, not after
+    its 180 s wait. Here every callback goes to relay-b: both relays give relay-b's address as their public URL."""
+    first_number, second_number = "+79005550001", "+79005550002"
+    cfgs = []
+    for name, caller in (("relay-a", "+79001110001"), ("relay-b", "+79001110002")):
+        cfg = with_backups(relay_settings(broker, tmp_path / name, postgres_url, name), smtp_port=smtp.port,
+                           twilio_url=twilio.base_url, ack_timeout_s=0.5, repeat_s=60, voice_after_s=1.0)
+        cfg["voice"] = {"enabled": True, "from_number": caller}
+        cfg["desks"][0] = {**cfg["desks"][0], "voice": [first_number, second_number]}
+        cfgs.append(cfg)
+    cfgs[0]["http"]["public_url"] = cfgs[1]["http"]["public_url"]
+    a, b = await two_relays(tmp_path, relay_process, cfgs)
+    status, accepted = await api(a, "POST", "/api/v1/reports", json=report("call-over-a"))
+    assert status == 201
+    first = (await twilio.wait_for_calls(1, timeout=15, to=first_number))[0]
+    assert first.from_ == "+79001110001", "relay-a, which took the report, places its calls"
+    assert first.status_callback.startswith(b.url)
+    await twilio.ring_out(first, "busy")  # told to relay-b only
+    second = (await twilio.wait_for_calls(1, timeout=10, to=second_number))[0]
+    assert second.at - first.at < 5, "the next number waited for a word relay-a never heard itself"
+    await twilio.answer(second)
+    await twilio.press(second, "1")
+
+    async def acked() -> dict[str, Any] | None:
+        _, alert = await api(a, "GET", f"/api/v1/alerts/{accepted['alert_id']}")
+        return dict(alert) if alert["state"] == "acknowledged" else None
+
+    alert = await eventually(acked, timeout=10, what="the ack by key 1, heard by relay-b")
+    calls = {d["target"]: d for d in alert["deliveries"] if d["channel"] == "voice"}
+    assert calls[first_number]["state"] == "failed" and "busy" in (calls[first_number]["error"] or "")
+    assert alert["ack"]["channel"] == "voice" and alert["ack"]["by"] == second_number
+
+
 async def test_operators_see_every_relays_changes_and_two_relays_record_one_ack(
     broker: Mosquitto, postgres_url: str, tmp_path: Path, relay_process: list[RelayProcess]
 ) -> None:
