@@ -4,6 +4,7 @@ out, and the decoding, reassembly and receipt parsing of what comes in. Pure fun
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import unicodedata
@@ -105,29 +106,57 @@ def split_udh(short_message: bytes) -> tuple[Concat | None, bytes]:
     return concat, payload
 
 
+@dataclass(slots=True)
+class _Parts:
+    """One copy of one concatenated message, as far as it has come."""
+
+    number: int
+    message: tuple[str, str, int, int]  # sender, destination, reference, total
+    started: float
+    parts: dict[int, str]
+
+
 class Reassembly:
     """Parts of concatenated incoming SMS until all have come; bounded in groups and in age, so a sender who
-    never finishes a message cannot fill memory."""
+    never finishes a message cannot fill memory.
+
+    Parts come in any order, and a message redelivered (the SMSC missed our resp) arrives as a second copy whose
+    parts may mix with the first's: a part goes to the oldest copy that lacks it, else it starts another copy.
+    Each copy, once whole, is a message of its own (the relay recognises the redelivery by its id)."""
 
     def __init__(self, max_groups: int = 1000, max_age_s: float = 600.0) -> None:
-        self._groups: OrderedDict[tuple[str, str, int, int], tuple[float, dict[int, str]]] = OrderedDict()
+        self._groups: OrderedDict[int, _Parts] = OrderedDict()  # oldest first
+        self._copies: dict[tuple[str, str, int, int], list[int]] = {}  # a message's copies, oldest first
+        self._numbers = itertools.count()
         self._max_groups, self._max_age = max_groups, max_age_s
 
     def add(self, sender: str, dest: str, concat: Concat, text: str) -> str | None:
-        """The whole text once the last part came, else None."""
+        """The whole text once the last part of a copy came, else None."""
         now = time.monotonic()
         while self._groups and (len(self._groups) >= self._max_groups
-                                or next(iter(self._groups.values()))[0] < now - self._max_age):
-            self._groups.popitem(last=False)
+                                or next(iter(self._groups.values())).started < now - self._max_age):
+            self._forget(self._groups.popitem(last=False)[1])
         if not 1 <= concat.seq <= concat.total:
             return None
-        key = (sender, dest, concat.ref, concat.total)
-        _, parts = self._groups.setdefault(key, (now, {}))
-        parts[concat.seq] = text
-        if len(parts) < concat.total:
+        message = (sender, dest, concat.ref, concat.total)
+        copies = self._copies.setdefault(message, [])
+        group = next((g for g in (self._groups[n] for n in copies) if concat.seq not in g.parts), None)
+        if group is None:
+            group = _Parts(next(self._numbers), message, now, {})
+            self._groups[group.number] = group
+            copies.append(group.number)
+        group.parts[concat.seq] = text
+        if len(group.parts) < concat.total:
             return None
-        del self._groups[key]
-        return "".join(parts[i] for i in range(1, concat.total + 1))
+        del self._groups[group.number]
+        self._forget(group)
+        return "".join(group.parts[i] for i in range(1, concat.total + 1))
+
+    def _forget(self, group: _Parts) -> None:
+        copies = self._copies[group.message]
+        copies.remove(group.number)
+        if not copies:
+            del self._copies[group.message]
 
 
 _RECEIPT_FIELD = re.compile(r"(id|stat|err):\s*(\S*)", re.IGNORECASE)

@@ -246,6 +246,33 @@ def test_the_id_map_is_bounded() -> None:
     assert ids.get("m0") is None and ids.get("m9") == "d9"
 
 
+def test_parts_in_any_order_and_a_redelivery_mixed_into_them_make_each_copy_whole() -> None:
+    from channels.smpp_pdu import Concat, Reassembly
+
+    parts = Reassembly()
+
+    def add(seq: int, sender: str = PHONE, ref: int = 41) -> str | None:
+        return parts.add(sender, "RELAY", Concat(ref, 3, seq), f"<{seq}>")
+
+    # the order smpp34 handed two copies of one message to the channel under load (seen in CI)
+    assert [add(n) for n in (1, 2, 1, 3, 3, 2)] == [None, None, None, "<1><2><3>", None, "<1><2><3>"]
+    # a part sent twice within one copy: the copy is still whole once its last part comes
+    assert [add(n) for n in (2, 2, 1, 3)] == [None, None, None, "<1><2><3>"]
+    # another sender's message with the same reference is another message
+    assert [add(1), add(1, sender="+79000000002"), add(2), add(3)] == [None, None, None, "<1><2><3>"]
+    assert parts.add(PHONE, "RELAY", Concat(41, 3, 4), "x") is None  # a part past the total: ignored
+
+
+def test_unfinished_messages_are_bounded() -> None:
+    from channels.smpp_pdu import Concat, Reassembly
+
+    parts = Reassembly(max_groups=3)
+    for ref in range(10):
+        parts.add(PHONE, "RELAY", Concat(ref, 2, 1), "a")
+    assert parts.add(PHONE, "RELAY", Concat(0, 2, 2), "b") is None  # its first part was dropped for newer ones
+    assert parts.add(PHONE, "RELAY", Concat(9, 2, 2), "b") == "ab"
+
+
 async def test_at_most_window_submits_are_outstanding(smsc: Smsc, sink: Sink) -> None:
     smsc.silent = True  # nothing is ever answered: every submit stays outstanding until it times out
     async with running(SmppSmsChannel(settings(smsc.port, window=3, submit_timeout_s=1.0), sink)) as ch:
