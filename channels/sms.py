@@ -7,11 +7,10 @@ what its status callbacks and inbound messages mean. The relay sees `SendResult`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -80,19 +79,13 @@ class TwilioSmsChannel:
         self.health = ChannelHealth(self.name, clock=clock or time.time)
         self.health.set(HealthState.UP, "no send yet")
         self.breaker = CircuitBreaker(self.health, clock=clock or time.monotonic)
-        self._client: Any = None  # twilio.rest.Client, imported when the channel starts (it is slow to import)
+        self.twilio = TwilioSession(settings.account_sid, settings.auth_token, settings.api_base_url)
 
     async def run(self) -> None:
-        """Owns the HTTP session (it binds to the running loop); closes it when cancelled."""
-        async with twilio_client(self._cfg.account_sid, self._cfg.auth_token, self._cfg.api_base_url) as client:
-            self._client = client
-            try:
-                await asyncio.Event().wait()
-            finally:
-                self._client = None
+        await self.twilio.run()
 
     async def send(self, msg: Outgoing) -> SendResult:
-        client = self._client
+        client = self.twilio.client
         if client is None:
             return SendResult.failed(FailureReason.UNREACHABLE, "SMS channel not started")
         if not self.breaker.allow():
@@ -118,26 +111,35 @@ class TwilioSmsChannel:
 
     async def fetch_status(self, sid: str) -> str:
         """Twilio's current status of a sent message (queued, sent, delivered, undelivered, failed, ...)."""
-        client = self._client
+        client = self.twilio.client
         if client is None:
             raise RuntimeError("SMS channel not started")
         async with asyncio.timeout(self._cfg.timeout_s):
             message = await client.messages(sid).fetch_async()
         return str(message.status)
 
-@contextlib.asynccontextmanager
-async def twilio_client(account_sid: str, auth_token: str, api_base_url: str) -> AsyncIterator[Any]:
-    """The SDK's client on its asyncio HTTP session, for SMS and calls alike; the session is closed on the way out."""
-    from twilio.http.async_http_client import AsyncTwilioHttpClient
-    from twilio.rest import Client
+class TwilioSession:
+    """The SDK's client on its asyncio HTTP session, for SMS and calls alike: `client` is there while `run` runs
+    (the session binds to the running loop) and None before and after; the session is closed when `run` is
+    cancelled."""
 
-    http = AsyncTwilioHttpClient()
-    client = Client(account_sid, auth_token, http_client=http)
-    client.api.base_url = api_base_url.rstrip("/")  # a gateway that speaks Twilio's API, or the tests' server
-    try:
-        yield client
-    finally:
-        await http.close()
+    def __init__(self, account_sid: str, auth_token: str, api_base_url: str) -> None:
+        self._account_sid, self._auth_token, self._api_base_url = account_sid, auth_token, api_base_url
+        self.client: Any = None  # twilio.rest.Client, imported when the channel starts (it is slow to import)
+
+    async def run(self) -> None:
+        from twilio.http.async_http_client import AsyncTwilioHttpClient
+        from twilio.rest import Client
+
+        http = AsyncTwilioHttpClient()
+        client = Client(self._account_sid, self._auth_token, http_client=http)
+        client.api.base_url = self._api_base_url.rstrip("/")  # a gateway that speaks Twilio's API, or the tests'
+        self.client = client
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.client = None
+            await http.close()
 
 
 async def created_or_failed(

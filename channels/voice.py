@@ -32,10 +32,10 @@ from channels.breaker import CircuitBreaker
 from channels.sms import (
     SIGNATURE_HEADER,
     SignatureError,
+    TwilioSession,
     check_signature,
     create_with_translation,
     created_or_failed,
-    twilio_client,
 )
 
 log = logging.getLogger("channels.voice")
@@ -148,19 +148,13 @@ class TwilioVoiceChannel:
         self.health = ChannelHealth(self.name, clock=clock or time.time)
         self.health.set(HealthState.UP, "no call yet")
         self.breaker = CircuitBreaker(self.health, clock=clock or time.monotonic)
-        self._client: Any = None
+        self.twilio = TwilioSession(settings.account_sid, settings.auth_token, settings.api_base_url)
 
     async def run(self) -> None:
-        """Owns the HTTP session (it binds to the running loop); closes it when cancelled."""
-        async with twilio_client(self._cfg.account_sid, self._cfg.auth_token, self._cfg.api_base_url) as client:
-            self._client = client
-            try:
-                await asyncio.Event().wait()
-            finally:
-                self._client = None
+        await self.twilio.run()
 
     async def send(self, msg: Outgoing) -> SendResult:
-        client = self._client
+        client = self.twilio.client
         if client is None:
             return SendResult.failed(FailureReason.UNREACHABLE, "voice channel not started")
         text = msg.body.decode(errors="replace")
@@ -185,7 +179,7 @@ class TwilioVoiceChannel:
     async def fetch_status(self, sid: str) -> tuple[str, str]:
         """Twilio's current status of a placed call (queued, ringing, in-progress, completed, busy, no-answer,
         failed, canceled) and who answered it ("" when machine detection is off or nobody has yet)."""
-        client = self._client
+        client = self.twilio.client
         if client is None:
             raise RuntimeError("voice channel not started")
         async with asyncio.timeout(self._cfg.timeout_s):

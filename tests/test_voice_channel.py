@@ -110,7 +110,7 @@ async def _rig(twilio: TwilioFake, *, machine_detection: bool = True, attempts: 
     box["receiver"] = VoiceReceiver(settings, channel.scripts)
     task = asyncio.create_task(channel.run())
     try:
-        await eventually(lambda: channel._client is not None, what="voice channel started")
+        await eventually(lambda: channel.twilio.client is not None, what="voice channel started")
         yield Rig(twilio, channel, sink, public_url)
     finally:
         task.cancel()

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 from channels.voice import CallStatus
 from relay.domain.clock import Clock
+from relay.domain.records import AlertRecord, DeliveryRecord
 from relay.domain.states import DeliveryState
 from relay.engine.engine import CHANNEL_TEST_PREFIX, AckRefused, Engine
 from relay.store.base import Store, StoreUnavailable
@@ -44,8 +45,8 @@ class VoiceCalls:
         machine), or None when no word came within `within_s`.
 
         The word is the call's final status, heard by this relay's webhook or, behind a load balancer, by another
-        relay's: that one records it on the delivery, which is read here every `STORE_LOOK_S`. Without the look,
-        a desk's next number waited the whole `within_s` whenever the callback landed elsewhere."""
+        relay's: that one records it on the delivery, which is read here every `STORE_LOOK_S`, so a busy number
+        passes the call on at once wherever its callback landed."""
         early = self._early.pop(key, None)
         if early is not None:
             return bool(early.reached)
@@ -68,10 +69,9 @@ class VoiceCalls:
         """The call's outcome as the store has it (delivered: a person; failed or cancelled: no one); None while
         it is only placed, or when the store cannot be read this time."""
         try:
-            alert = await self._store.get_alert(key.partition(".")[0])
+            _, delivery = await self._delivery(key)
         except StoreUnavailable:
             return None
-        delivery = None if alert is None else next((d for d in alert.deliveries if d.delivery_id == key), None)
         if delivery is None:
             return False  # gone (the history pruned): nothing left to wait for
         if delivery.state is DeliveryState.DELIVERED:
@@ -110,8 +110,7 @@ class VoiceCalls:
                                                                     "call_sid": call_sid[:64]})
             return None
         alert_id = key.partition(".")[0]
-        alert = await self._store.get_alert(alert_id)
-        delivery = None if alert is None else next((d for d in alert.deliveries if d.delivery_id == key), None)
+        alert, delivery = await self._delivery(key)
         try:
             if delivery is None:
                 await self.engine.refuse(alert_id, channel, "unknown", f"voice {sender}", f"no call {key[:80]}",
@@ -121,3 +120,8 @@ class VoiceCalls:
         except AckRefused:
             return "Подтверждение не принято."
         return None
+
+    async def _delivery(self, key: str) -> tuple[AlertRecord | None, DeliveryRecord | None]:
+        """The call's delivery (its key is the delivery id, which begins with its alert's id), and its alert."""
+        alert = await self._store.get_alert(key.partition(".")[0])
+        return alert, None if alert is None else next((d for d in alert.deliveries if d.delivery_id == key), None)
