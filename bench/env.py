@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.wait import free_port as free_port  # one way to pick a port a server takes next
+
 REPO = Path(__file__).resolve().parent.parent
 OPERATOR_TOKEN = "bench-operator-token-0123456789"
 DESK_TOKEN = "bench-desk-token-0123456789abc"
@@ -31,12 +33,6 @@ ALERT_TOPIC = f"uav/alerts/{DESK_ID}"
 def python() -> str:
     venv = REPO / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fs_type(path: Path) -> str:

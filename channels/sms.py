@@ -118,6 +118,7 @@ class TwilioSmsChannel:
             message = await client.messages(sid).fetch_async()
         return str(message.status)
 
+
 class TwilioSession:
     """The SDK's client on its asyncio HTTP session, for SMS and calls alike: `client` is there while `run` runs
     (the session binds to the running loop) and None before and after; the session is closed when `run` is

@@ -21,7 +21,7 @@ from relay.store.base import Store, StoreUnavailable
 log = logging.getLogger("relay.voice")
 
 EARLY_KEPT = 1000  # final statuses that came before anyone waited for them (a fast "busy"), the latest kept
-STORE_LOOK_S = 1.0  # how often a waiting call's delivery is read, for a status heard by another relay
+STORE_LOOK_S = 1.0  # how often a waiting call's delivery is read when several relays share the store
 
 
 class VoiceCalls:
@@ -51,10 +51,11 @@ class VoiceCalls:
         if early is not None:
             return bool(early.reached)
         waiting = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
+        look_s = STORE_LOOK_S if self._store.shared else None  # alone, every callback comes to this relay
         try:
             async with asyncio.timeout(within_s):
                 while True:
-                    done, _ = await asyncio.wait({waiting}, timeout=STORE_LOOK_S)
+                    done, _ = await asyncio.wait({waiting}, timeout=look_s)
                     if done:
                         return bool(waiting.result().reached)
                     recorded = await self._recorded(key)
